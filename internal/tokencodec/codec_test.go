@@ -82,8 +82,8 @@ func TestDecodeErrors(t *testing.T) {
 	tests := []struct {
 		name, in, want string
 	}{
-		{"empty", ``, "not a JSON object"},
-		{"not json", `secret-ish`, "not a JSON object"},
+		{"empty", ``, "not a single JSON object"},
+		{"not json", `secret-ish`, "not a single JSON object"},
 		{"no version", `{"access_token":"a"}`, "no version"},
 		{"future version", `{"v":2,"access_token":"a"}`, "version 2 is not supported"},
 		{"wrong type", `{"v":1,"access_token":7}`, "wrong type"},
