@@ -4,7 +4,11 @@
 // The encoding is JSON with a version number:
 //
 //	{"v":1,"access_token":"…","token_type":"Bearer","refresh_token":"…",
-//	 "expiry":"2026-11-22T10:00:00.123456789Z","extra":{"id_token":"…","scope":"…"}}
+//	 "expiry":"2026-11-22T10:00:00.123456789Z","expires_in":3600,
+//	 "extra":{"id_token":"…","scope":"…"}}
+//
+// expires_in is the lifetime the provider granted, which tells how early a
+// token loaded from storage should be refreshed.
 //
 // Version 1 is the only version so far. Decode rejects any other version, so a
 // file written by a later release is refused with a clear error rather than
@@ -36,6 +40,7 @@ type wire struct {
 	TokenType    string         `json:"token_type,omitempty"`
 	RefreshToken string         `json:"refresh_token,omitempty"`
 	Expiry       *time.Time     `json:"expiry,omitempty"`
+	ExpiresIn    int64          `json:"expires_in,omitempty"`
 	Extra        map[string]any `json:"extra,omitempty"`
 }
 
@@ -50,6 +55,7 @@ func Encode(t *oauth2.Token) ([]byte, error) {
 		AccessToken:  t.AccessToken,
 		TokenType:    t.TokenType,
 		RefreshToken: t.RefreshToken,
+		ExpiresIn:    t.ExpiresIn,
 		Extra:        Extras(t),
 	}
 	if !t.Expiry.IsZero() {
@@ -92,6 +98,7 @@ func Decode(b []byte) (*oauth2.Token, error) {
 		AccessToken:  w.AccessToken,
 		TokenType:    w.TokenType,
 		RefreshToken: w.RefreshToken,
+		ExpiresIn:    w.ExpiresIn,
 	}
 	if w.Expiry != nil {
 		t.Expiry = *w.Expiry
@@ -130,6 +137,8 @@ func WithExtras(t *oauth2.Token, extra map[string]any) *oauth2.Token {
 }
 
 // Extras returns a copy of the extra fields the provider sent with t, or nil.
+// The standard fields (access_token, token_type, refresh_token, expires_in)
+// are left out: they live in t's own fields.
 //
 // oauth2.Token keeps them in an unexported field and offers only a lookup by
 // name, so they are read here through reflection. Reflection can read an
@@ -146,11 +155,21 @@ func Extras(t *oauth2.Token) map[string]any {
 		return nil
 	}
 	v, ok := rebuild(raw).(map[string]any)
-	if !ok || len(v) == 0 {
+	if !ok {
+		return nil
+	}
+	for _, k := range standardFields {
+		delete(v, k)
+	}
+	if len(v) == 0 {
 		return nil
 	}
 	return v
 }
+
+// standardFields are kept in oauth2.Token's own fields; a second copy among
+// the extras would outlive rotation (an old refresh token kept on disk).
+var standardFields = []string{"access_token", "token_type", "refresh_token", "expires_in"}
 
 var urlValuesType = reflect.TypeOf(url.Values(nil))
 

@@ -65,6 +65,15 @@ func TestExtrasSeesOAuth2Raw(t *testing.T) {
 	}
 }
 
+func TestExtrasLeaveOutStandardFields(t *testing.T) {
+	in := (&oauth2.Token{AccessToken: "a"}).WithExtra(map[string]any{
+		"access_token": "a", "refresh_token": "r", "token_type": "Bearer", "expires_in": 3600, "scope": "s",
+	})
+	if got, want := Extras(in), map[string]any{"scope": "s"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Extras: got %#v, want %#v", got, want)
+	}
+}
+
 func TestCloneIsDeep(t *testing.T) {
 	extra := map[string]any{"scope": "a"}
 	in := (&oauth2.Token{AccessToken: "a"}).WithExtra(extra)

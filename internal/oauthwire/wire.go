@@ -1,0 +1,366 @@
+// Package oauthwire speaks the token and revocation endpoints of RFC 6749 and
+// RFC 7009: it builds requests, authenticates the client and parses answers
+// into oauth2 types. It exists so that tokenkeep sees every field, header and
+// status the provider sent, which x/oauth2 keeps to itself.
+package oauthwire
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/oauth2"
+)
+
+// MaxBody is the largest token endpoint answer read. A larger one is an
+// error: no real token response comes near it.
+const MaxBody = 1 << 20
+
+// ErrMalformed is wrapped by errors about answers that are not a usable token
+// response: unparseable, truncated, too large, or without an access token.
+var ErrMalformed = errors.New("malformed token response")
+
+// ErrInsecureEndpoint is wrapped when an endpoint would send secrets over
+// plain HTTP to a host that is not loopback.
+var ErrInsecureEndpoint = errors.New("endpoint must use https (plain http is allowed only for loopback hosts)")
+
+// CheckEndpoint reports whether secrets may be sent to rawURL: https
+// anywhere, http only to localhost and loopback addresses.
+func CheckEndpoint(rawURL string) error {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return fmt.Errorf("endpoint %q: %v", rawURL, err)
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		if IsLoopback(u.Hostname()) {
+			return nil
+		}
+		return fmt.Errorf("endpoint %q: %w", u.Redacted(), ErrInsecureEndpoint)
+	default:
+		return fmt.Errorf("endpoint %q: unsupported scheme %q", u.Redacted(), u.Scheme)
+	}
+}
+
+// IsLoopback reports whether host names this machine: "localhost" or an
+// address in 127.0.0.0/8 or ::1.
+func IsLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Client calls a provider's endpoints for one OAuth client.
+// It is safe for concurrent use.
+type Client struct {
+	ClientID     string
+	ClientSecret string
+	// AuthStyle says how the client authenticates. AuthStyleAutoDetect tries
+	// HTTP Basic first, then credentials in the body, and remembers what
+	// worked.
+	AuthStyle oauth2.AuthStyle
+	// HTTP sends the requests. If nil, http.DefaultClient is used. Redirects
+	// are never followed: a token endpoint that redirects is an error.
+	HTTP *http.Client
+	// Now is the clock used to turn expires_in into an expiry. If nil,
+	// time.Now is used.
+	Now func() time.Time
+
+	detected atomic.Int32 // the AuthStyle that worked, once auto-detected
+}
+
+// Token posts form to tokenURL and parses the answer. Failures the provider
+// reports come back as *oauth2.RetrieveError, with Response set so that
+// callers can read the status and Retry-After.
+func (c *Client) Token(ctx context.Context, tokenURL string, form url.Values) (*oauth2.Token, error) {
+	if err := CheckEndpoint(tokenURL); err != nil {
+		return nil, err
+	}
+	style := c.AuthStyle
+	if style == oauth2.AuthStyleAutoDetect {
+		if d := oauth2.AuthStyle(c.detected.Load()); d != oauth2.AuthStyleAutoDetect {
+			style = d
+		}
+	}
+	if style != oauth2.AuthStyleAutoDetect {
+		return c.token(ctx, tokenURL, form, style)
+	}
+	t, err := c.token(ctx, tokenURL, form, oauth2.AuthStyleInHeader)
+	if err == nil {
+		c.detected.Store(int32(oauth2.AuthStyleInHeader))
+		return t, nil
+	}
+	if !rejectsClient(err) {
+		return nil, err
+	}
+	t, err = c.token(ctx, tokenURL, form, oauth2.AuthStyleInParams)
+	if err == nil {
+		c.detected.Store(int32(oauth2.AuthStyleInParams))
+	}
+	return t, err
+}
+
+// rejectsClient reports whether err may mean the provider wants the client
+// credentials elsewhere.
+func rejectsClient(err error) bool {
+	var re *oauth2.RetrieveError
+	if !errors.As(err, &re) {
+		return false
+	}
+	return re.ErrorCode == "invalid_client" || re.ErrorCode == "unauthorized_client" ||
+		(re.Response != nil && re.Response.StatusCode == http.StatusUnauthorized)
+}
+
+func (c *Client) token(ctx context.Context, tokenURL string, form url.Values, style oauth2.AuthStyle) (*oauth2.Token, error) {
+	resp, err := c.post(ctx, tokenURL, form, style)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := readBody(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	return c.parse(resp, body)
+}
+
+// Revoke asks revokeURL to revoke token (RFC 7009). hint is
+// "refresh_token", "access_token" or empty.
+func (c *Client) Revoke(ctx context.Context, revokeURL, token, hint string) error {
+	if err := CheckEndpoint(revokeURL); err != nil {
+		return err
+	}
+	form := url.Values{"token": {token}}
+	if hint != "" {
+		form.Set("token_type_hint", hint)
+	}
+	style := c.AuthStyle
+	if style == oauth2.AuthStyleAutoDetect {
+		style = oauth2.AuthStyle(c.detected.Load())
+		if style == oauth2.AuthStyleAutoDetect {
+			style = oauth2.AuthStyleInHeader
+		}
+	}
+	resp, err := c.post(ctx, revokeURL, form, style)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := readBody(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode == http.StatusOK {
+		return nil
+	}
+	re := &oauth2.RetrieveError{Response: resp, Body: body}
+	parseError(resp.Header.Get("Content-Type"), body, re)
+	return re
+}
+
+func (c *Client) post(ctx context.Context, endpoint string, form url.Values, style oauth2.AuthStyle) (*http.Response, error) {
+	v := make(url.Values, len(form)+2)
+	for k, vs := range form {
+		v[k] = vs
+	}
+	if style == oauth2.AuthStyleInParams {
+		v.Set("client_id", c.ClientID)
+		if c.ClientSecret != "" {
+			v.Set("client_secret", c.ClientSecret)
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(v.Encode()))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	if style == oauth2.AuthStyleInHeader {
+		// RFC 6749 section 2.3.1: form-encode each part before Basic.
+		req.SetBasicAuth(url.QueryEscape(c.ClientID), url.QueryEscape(c.ClientSecret))
+	}
+	return c.httpClient().Do(req)
+}
+
+func (c *Client) httpClient() *http.Client {
+	hc := http.DefaultClient
+	if c.HTTP != nil {
+		hc = c.HTTP
+	}
+	nc := *hc
+	nc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &nc
+}
+
+func readBody(r io.Reader) ([]byte, error) {
+	body, err := io.ReadAll(io.LimitReader(r, MaxBody+1))
+	if err != nil {
+		return nil, fmt.Errorf("read token response: %w", err)
+	}
+	if len(body) > MaxBody {
+		return nil, fmt.Errorf("%w: larger than %d bytes", ErrMalformed, MaxBody)
+	}
+	return body, nil
+}
+
+func (c *Client) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+// parse turns an answer into a token or an error. Secrets in body are never
+// copied into an error message.
+func (c *Client) parse(resp *http.Response, body []byte) (*oauth2.Token, error) {
+	ct := resp.Header.Get("Content-Type")
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		re := &oauth2.RetrieveError{Response: resp, Body: body}
+		parseError(ct, body, re)
+		return nil, re
+	}
+	fields, err := decodeFields(ct, body)
+	if err != nil {
+		return nil, err
+	}
+	if code, _ := fields["error"].(string); code != "" {
+		// Some providers answer 200 with an error object.
+		re := &oauth2.RetrieveError{Response: resp, Body: body, ErrorCode: code}
+		re.ErrorDescription, _ = fields["error_description"].(string)
+		re.ErrorURI, _ = fields["error_uri"].(string)
+		return nil, re
+	}
+	return c.tokenFrom(fields)
+}
+
+func (c *Client) tokenFrom(fields map[string]any) (*oauth2.Token, error) {
+	at, _ := fields["access_token"].(string)
+	if at == "" {
+		return nil, fmt.Errorf("%w: no access_token", ErrMalformed)
+	}
+	t := &oauth2.Token{AccessToken: at}
+	var ok bool
+	if v, present := fields["token_type"]; present {
+		if t.TokenType, ok = v.(string); !ok {
+			return nil, fmt.Errorf("%w: token_type is not a string", ErrMalformed)
+		}
+	}
+	if v, present := fields["refresh_token"]; present && v != nil {
+		if t.RefreshToken, ok = v.(string); !ok {
+			return nil, fmt.Errorf("%w: refresh_token is not a string", ErrMalformed)
+		}
+	}
+	secs, err := expiresIn(fields["expires_in"])
+	if err != nil {
+		return nil, err
+	}
+	if secs != 0 {
+		t.ExpiresIn = secs
+		t.Expiry = c.now().Add(time.Duration(secs) * time.Second)
+	}
+	return t.WithExtra(fields), nil
+}
+
+// expiresIn reads expires_in given as a JSON number, a float, or a string
+// holding either (as Azure AD v1 and PayPal send it). Absent or null means
+// no stated lifetime. Values beyond int32 seconds (68 years) are capped.
+func expiresIn(v any) (int64, error) {
+	var f float64
+	switch x := v.(type) {
+	case nil:
+		return 0, nil
+	case json.Number:
+		var err error
+		if f, err = x.Float64(); err != nil {
+			return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+		}
+	case string:
+		var err error
+		if f, err = strconv.ParseFloat(strings.TrimSpace(x), 64); err != nil {
+			return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+		}
+	default:
+		return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+	}
+	if math.IsNaN(f) {
+		return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+	}
+	return int64(math.Max(math.Min(f, math.MaxInt32), math.MinInt32)), nil
+}
+
+// decodeFields reads a JSON object or, for providers that still send them,
+// a form-encoded body. Each form field keeps its first value.
+func decodeFields(contentType string, body []byte) (map[string]any, error) {
+	mt, _, _ := mime.ParseMediaType(contentType)
+	if mt == "application/x-www-form-urlencoded" || mt == "text/plain" {
+		vals, err := url.ParseQuery(string(body))
+		if err != nil {
+			return nil, fmt.Errorf("%w: form body does not parse", ErrMalformed)
+		}
+		fields := make(map[string]any, len(vals))
+		for k := range vals {
+			fields[k] = vals.Get(k)
+		}
+		return fields, nil
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.UseNumber()
+	var fields map[string]any
+	if err := dec.Decode(&fields); err != nil || fields == nil {
+		return nil, fmt.Errorf("%w: body is not a JSON object (Content-Type %q, %d bytes)", ErrMalformed, mt, len(body))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: data after the JSON object", ErrMalformed)
+	}
+	return fields, nil
+}
+
+// parseError fills re's error fields from an error body, when it has them.
+func parseError(contentType string, body []byte, re *oauth2.RetrieveError) {
+	fields, err := decodeFields(contentType, body)
+	if err != nil {
+		return
+	}
+	re.ErrorCode, _ = fields["error"].(string)
+	re.ErrorDescription, _ = fields["error_description"].(string)
+	re.ErrorURI, _ = fields["error_uri"].(string)
+}
+
+// RetryAfter reads a Retry-After header (RFC 9110 section 10.2.3): delay
+// seconds or an HTTP-date. It reports false for an absent or unusable value.
+// Negative results are clamped to zero.
+func RetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs < 0 {
+			return 0, false
+		}
+		if secs > math.MaxInt64/int64(time.Second) {
+			secs = math.MaxInt64 / int64(time.Second)
+		}
+		return time.Duration(secs) * time.Second, true
+	}
+	at, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	return max(at.Sub(now), 0), true
+}
