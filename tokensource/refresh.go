@@ -38,6 +38,9 @@ func (r *refresh) run(ctx context.Context) (*oauth2.Token, error) {
 	if err != nil {
 		return nil, r.fail(err, nil)
 	}
+	if r.stillDead(stored) {
+		return nil, r.prev.err
+	}
 	if r.usable(stored) {
 		return r.adopt(stored), nil
 	}
@@ -50,12 +53,12 @@ func (r *refresh) run(ctx context.Context) (*oauth2.Token, error) {
 		if stored, err = r.load(ctx); err != nil {
 			return nil, r.fail(err, nil)
 		}
+		if r.stillDead(stored) {
+			return nil, r.prev.err
+		}
 		if r.usable(stored) {
 			return r.adopt(stored), nil
 		}
-	}
-	if r.prev != nil && r.prev.err != nil && (stored == nil || stored.RefreshToken == r.prev.deadRT) {
-		return nil, r.prev.err // still dead; nothing new in the store
 	}
 
 	base := r.base(stored)
@@ -76,9 +79,14 @@ func (r *refresh) run(ctx context.Context) (*oauth2.Token, error) {
 	return r.commit(ctx, base, tok)
 }
 
-// load reads the store. A missing entry is (nil, nil). When the store
-// cannot be read but memory holds a token, the run goes on with memory.
+// load reads the store. A missing entry is (nil, nil), and so is an entry
+// known to be older than memory (after a failed save): adopting it would
+// redeem a refresh token that was already rotated. When the store cannot be
+// read but memory holds a token, the run goes on with memory.
 func (r *refresh) load(ctx context.Context) (*oauth2.Token, error) {
+	if r.prev != nil && r.prev.unsaved {
+		return nil, nil
+	}
 	t, err := r.s.store.Load(ctx, r.s.key)
 	switch {
 	case err == nil:
@@ -94,6 +102,13 @@ func (r *refresh) load(ctx context.Context) (*oauth2.Token, error) {
 	default:
 		return nil, err
 	}
+}
+
+// stillDead reports whether the provider refused the session and the store
+// offers nothing newer than the refresh token it refused.
+func (r *refresh) stillDead(stored *oauth2.Token) bool {
+	p := r.prev
+	return p != nil && p.err != nil && (stored == nil || stored.RefreshToken == p.deadRT)
 }
 
 // usable reports whether a stored token can be served without a refresh.
@@ -233,7 +248,12 @@ func (r *refresh) fail(err error, base *oauth2.Token) error {
 	reauth := needsReauth(err)
 	var rerr error = &RefreshError{Key: r.s.key, Attempts: r.attempts, Err: err, reauth: reauth, secrets: secretsOf(base)}
 	if reauth {
+		// A token that is still valid is served until it expires; after
+		// that, the error.
 		dead := &state{err: rerr}
+		if p := r.prev; p != nil && p.tok != nil && !p.rejected && r.s.cfg.now().Before(p.expireAt) {
+			dead.tok, dead.staleAt, dead.expireAt = p.tok, p.expireAt, p.expireAt
+		}
 		if base != nil {
 			dead.deadRT = base.RefreshToken
 		}

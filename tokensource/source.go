@@ -46,12 +46,12 @@ type Source struct {
 
 // state is what a Source serves, replaced whole on every change.
 type state struct {
-	tok      *oauth2.Token // nil when err is set
+	tok      *oauth2.Token // nil when nothing can be served
 	staleAt  time.Time     // from here on, tok is served and refreshed in the background
 	expireAt time.Time     // from here on, tok is not served
 	rejected bool          // a server refused tok (Invalidate); never adopt it again
 	unsaved  bool          // tok is newer than the store holds
-	err      error         // served instead of a token until the store offers another
+	err      error         // the provider refused the session: served once tok expires, until the store offers another
 	deadRT   string        // with err: the refresh token the provider refused
 }
 
@@ -160,7 +160,7 @@ func (s *Source) flight(background bool) (any, error) {
 	}
 	defer s.wg.Done()
 	st := s.cur.Load()
-	if st != nil && st.err == nil && s.cfg.now().Before(st.staleAt) {
+	if st != nil && st.tok != nil && s.cfg.now().Before(st.staleAt) {
 		return st.tok, nil // a refresh that ended while this one was set up
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.refreshTimeout)
@@ -297,15 +297,24 @@ func (s *Source) Revoke(ctx context.Context) error {
 		return fmt.Errorf("tokensource: revoke %q: delete the stored token: %w", s.key, err)
 	}
 	if revokeErr != nil {
-		var secrets []string
-		if tok != nil {
-			secrets = []string{tok.AccessToken, tok.RefreshToken}
-		}
-		return fmt.Errorf("tokensource: revoke %q at the provider (the stored token was deleted): %s: %w",
-			s.key, describe(revokeErr, secrets), revokeErr)
+		return &revokeError{key: s.key, err: revokeErr, secrets: secretsOf(tok)}
 	}
 	return nil
 }
+
+// revokeError reports a revocation the provider did not confirm.
+type revokeError struct {
+	key     string
+	err     error
+	secrets []string
+}
+
+func (e *revokeError) Error() string {
+	return fmt.Sprintf("tokensource: revoke %q at the provider (the stored token was deleted): %s",
+		e.key, describe(e.err, e.secrets))
+}
+
+func (e *revokeError) Unwrap() error { return e.err }
 
 // latest returns the newest token known: memory if the store is behind,
 // else the store, else memory.

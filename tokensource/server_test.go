@@ -1,0 +1,357 @@
+package tokensource
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"golang.org/x/oauth2"
+
+	"github.com/tokenkeep/tokenkeep/internal/authserver"
+	"github.com/tokenkeep/tokenkeep/storage"
+)
+
+// strictServer behaves like Okta or Auth0 with rotation on: every refresh
+// token is single-use and a reused one revokes the whole session.
+func strictServer(t testing.TB, cfg authserver.Config) *authserver.Server {
+	t.Helper()
+	cfg.Rotate, cfg.ReuseDetection = true, true
+	srv := authserver.New(cfg)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// serverSource returns a Source that refreshes at srv, holding a new login.
+func serverSource(t testing.TB, srv *authserver.Server, store storage.Store, opts ...Option) *Source {
+	t.Helper()
+	r, err := NewConfigRefresher(srv.OAuth2Config("openid", "offline_access"), srv.RevocationURL(), srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(r, store, "alice", opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.Put(context.Background(), srv.Mint("openid", "offline_access")); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestServerThousandCallersOneRefresh(t *testing.T) {
+	srv := strictServer(t, authserver.Config{})
+	srv.SetLatency(authserver.EndpointToken, 20*time.Millisecond)
+	s := serverSource(t, srv, storage.NewMemory())
+	for round := range 3 {
+		first, err := s.Token()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Invalidate(first) // as a 401 would
+		srv.ResetStats()
+		var wg sync.WaitGroup
+		tokens := make(chan string, 1000)
+		for range 1000 {
+			wg.Go(func() {
+				tok, err := s.Token()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				tokens <- tok.AccessToken
+			})
+		}
+		wg.Wait()
+		close(tokens)
+		seen := map[string]bool{}
+		for at := range tokens {
+			seen[at] = true
+		}
+		st := srv.Stats()
+		if st.RefreshGrants != 1 || len(seen) != 1 || st.ReuseDetections != 0 {
+			t.Errorf("round %d: got %d refreshes, %d distinct tokens, %d reuse detections; want 1, 1, 0",
+				round, st.RefreshGrants, len(seen), st.ReuseDetections)
+		}
+	}
+}
+
+// TestServerRotationPersisted: after each refresh the store holds the one
+// refresh token the server still accepts, and the source never trips reuse
+// detection.
+func TestServerRotationPersisted(t *testing.T) {
+	srv := strictServer(t, authserver.Config{})
+	store := storage.NewMemory()
+	s := serverSource(t, srv, store)
+	for i := range 10 {
+		tok, err := s.Token()
+		if err != nil {
+			t.Fatalf("refresh %d: %v", i, err)
+		}
+		stored, err := store.Load(context.Background(), "alice")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !srv.RefreshTokenActive(stored.RefreshToken) || stored.AccessToken != tok.AccessToken {
+			t.Fatalf("refresh %d: the store does not hold the live session", i)
+		}
+		if stored.Extra("id_token") == nil || stored.Extra("scope") == nil {
+			t.Errorf("refresh %d: extra fields lost: id_token %v scope %v", i, stored.Extra("id_token"), stored.Extra("scope"))
+		}
+		s.Invalidate(tok)
+	}
+	if st := srv.Stats(); st.ReuseDetections != 0 || st.RefreshGrants != 9 {
+		t.Errorf("got %d refreshes and %d reuse detections, want 9 and 0", st.RefreshGrants, st.ReuseDetections)
+	}
+}
+
+func TestServerKeepsRefreshTokenWhenNotRotated(t *testing.T) {
+	srv := authserver.New(authserver.Config{OmitRefreshTokenOnRefresh: true})
+	t.Cleanup(srv.Close)
+	store := storage.NewMemory()
+	s := serverSource(t, srv, store)
+	before, _ := store.Load(context.Background(), "alice")
+	tok, _ := s.Token()
+	s.Invalidate(tok)
+	if _, err := s.Token(); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := store.Load(context.Background(), "alice")
+	if after.RefreshToken == "" || after.RefreshToken != before.RefreshToken {
+		t.Error("the refresh token was dropped when the answer had none")
+	}
+}
+
+func TestServerInvalidGrant(t *testing.T) {
+	srv := strictServer(t, authserver.Config{})
+	store := storage.NewMemory()
+	s := serverSource(t, srv, store)
+	before, _ := store.Load(context.Background(), "alice")
+	srv.RevokeFamilyOf(before.RefreshToken) // an admin ends the session
+	s.Invalidate(before)
+	srv.ResetStats()
+	for range 3 {
+		_, err := s.Token()
+		if !errors.Is(err, ErrReauthRequired) {
+			t.Fatalf("got %v, want ErrReauthRequired", err)
+		}
+		var re *oauth2.RetrieveError
+		if !errors.As(err, &re) || re.ErrorCode != "invalid_grant" {
+			t.Fatalf("got %v, want a wrapped invalid_grant", err)
+		}
+	}
+	if got := srv.Stats().TokenRequests; got != 1 {
+		t.Errorf("token requests: got %d, want 1", got)
+	}
+	after, _ := store.Load(context.Background(), "alice")
+	if after.RefreshToken != before.RefreshToken || after.AccessToken != before.AccessToken {
+		t.Error("the store was overwritten after invalid_grant")
+	}
+}
+
+// TestServerFaults runs each kind of fault the server can inject against a
+// strict server and checks the documented outcome. Faults that replace the
+// answer never reach the grant, so a retry succeeds. Faults that spoil an
+// answer whose grant took effect (cut or mangled bodies) lose the rotated
+// refresh token in transit: the retry presents the old one, the server sees
+// reuse and ends the session, and the Source says to log in again. No
+// client can do better; it must not loop or corrupt the store.
+func TestServerFaults(t *testing.T) {
+	const ok, reauth, fails = "ok", "reauth", "fails"
+	tests := []struct {
+		name      string
+		faults    []authserver.Fault
+		want      string
+		wantTries int64 // token requests
+		minWait   time.Duration
+	}{
+		{"500", []authserver.Fault{{Status: 500}}, ok, 2, 0},
+		{"502", []authserver.Fault{{Status: 502}}, ok, 2, 0},
+		{"503 twice", []authserver.Fault{{Status: 503}, {Status: 503}}, ok, 3, 0},
+		{"504", []authserver.Fault{{Status: 504}}, ok, 2, 0},
+		{"408", []authserver.Fault{{Status: 408}}, ok, 2, 0},
+		{"429 Retry-After seconds", []authserver.Fault{{Status: 429, RetryAfter: "1"}}, ok, 2, time.Second},
+		{"503 Retry-After date", []authserver.Fault{{Status: 503, RetryAfter: "date+3s"}}, ok, 2, 2 * time.Second},
+		{"html page", []authserver.Fault{{Status: 200, Body: "<html>maintenance</html>", ContentType: "text/html"}}, ok, 2, 0},
+		{"dropped connection", []authserver.Fault{{Drop: true}}, ok, 2, 0},
+		{"slow answer past the attempt timeout", []authserver.Fault{{Delay: 2 * time.Second}}, ok, 2, 0},
+		{"temporarily_unavailable", []authserver.Fault{{Status: 400, Body: `{"error":"temporarily_unavailable"}`}}, ok, 2, 0},
+		{"invalid_grant", []authserver.Fault{{Status: 400, Body: `{"error":"invalid_grant"}`}}, reauth, 1, 0},
+		{"invalid_client", []authserver.Fault{{Status: 401, Body: `{"error":"invalid_client"}`}}, reauth, 1, 0},
+		{"unauthorized_client", []authserver.Fault{{Status: 400, Body: `{"error":"unauthorized_client"}`}}, reauth, 1, 0},
+		{"invalid_scope", []authserver.Fault{{Status: 400, Body: `{"error":"invalid_scope"}`}}, fails, 1, 0},
+		{"expires_in as a string", []authserver.Fault{{Mutate: func(m map[string]any) { m["expires_in"] = "3600" }}}, ok, 1, 0},
+		{"truncated answer after the grant", []authserver.Fault{{Truncate: 20}}, reauth, 2, 0},
+		{"answer without access_token after the grant", []authserver.Fault{{Mutate: func(m map[string]any) { delete(m, "access_token") }}}, reauth, 2, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			srv := strictServer(t, authserver.Config{})
+			store := storage.NewMemory()
+			s := serverSource(t, srv, store, WithAttemptTimeout(500*time.Millisecond),
+				WithBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(10 * time.Millisecond) }))
+			before, _ := store.Load(context.Background(), "alice")
+			s.Invalidate(before)
+			srv.ResetStats()
+			if tt.faults[0].RetryAfter == "date+3s" { // HTTP-dates have one-second resolution
+				tt.faults[0].RetryAfter = time.Now().Add(3 * time.Second).UTC().Format(http.TimeFormat)
+			}
+			srv.Inject(authserver.EndpointToken, tt.faults...)
+			start := time.Now()
+			tok, err := s.Token()
+			elapsed := time.Since(start)
+			switch tt.want {
+			case ok:
+				if err != nil {
+					t.Fatalf("got %v, want a token", err)
+				}
+				stored, _ := store.Load(context.Background(), "alice")
+				if stored.AccessToken != tok.AccessToken || !srv.RefreshTokenActive(stored.RefreshToken) {
+					t.Error("the store does not hold the new live session")
+				}
+			case reauth:
+				if !errors.Is(err, ErrReauthRequired) {
+					t.Fatalf("got %v, want ErrReauthRequired", err)
+				}
+			case fails:
+				if err == nil || errors.Is(err, ErrReauthRequired) {
+					t.Fatalf("got %v, want a plain failure", err)
+				}
+			}
+			if tt.want != ok {
+				stored, _ := store.Load(context.Background(), "alice")
+				if stored.RefreshToken != before.RefreshToken {
+					t.Error("a failed refresh changed the stored refresh token")
+				}
+			}
+			if got := srv.Stats().TokenRequests; got != tt.wantTries {
+				t.Errorf("token requests: got %d, want %d", got, tt.wantTries)
+			}
+			if elapsed < tt.minWait {
+				t.Errorf("retried after %v, before the %v the server asked for", elapsed, tt.minWait)
+			}
+		})
+	}
+}
+
+func TestServerRevoke(t *testing.T) {
+	srv := strictServer(t, authserver.Config{})
+	store := storage.NewMemory()
+	s := serverSource(t, srv, store)
+	stored, _ := store.Load(context.Background(), "alice")
+	if err := s.Revoke(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if srv.RefreshTokenActive(stored.RefreshToken) {
+		t.Error("the server still accepts the refresh token")
+	}
+	if _, err := s.Token(); !errors.Is(err, ErrReauthRequired) {
+		t.Errorf("got %v, want ErrReauthRequired", err)
+	}
+}
+
+// TestServerBackgroundRefresh: with a steady stream of calls across several
+// lifetimes, nobody waits for the network.
+func TestServerBackgroundRefresh(t *testing.T) {
+	srv := strictServer(t, authserver.Config{AccessTTL: 2 * time.Second})
+	srv.SetLatency(authserver.EndpointToken, 50*time.Millisecond)
+	s := serverSource(t, srv, storage.NewMemory())
+	seen := map[string]bool{}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		start := time.Now()
+		tok, err := s.Token()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > 40*time.Millisecond {
+			t.Fatalf("a call waited %v for a refresh", d)
+		}
+		seen[tok.AccessToken] = true
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(seen) < 3 {
+		t.Errorf("tokens served: got %d, want at least 3 over 5 s of 2 s tokens", len(seen))
+	}
+}
+
+// TestNoSecretInErrorsOrLogs runs the failure paths with a debug logger and
+// an echoing provider, and looks for any token value in the output.
+func TestNoSecretInErrorsOrLogs(t *testing.T) {
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var errs []string
+	var events []Event
+	opts := []Option{WithLogger(logger), quickBackOff(2), WithHook(func(e Event) { events = append(events, e) })}
+
+	srv := strictServer(t, authserver.Config{})
+	store := &faultyStore{Store: storage.NewMemory()}
+	s := serverSource(t, srv, store, opts...)
+	tok, _ := s.Token()
+	secrets := []string{tok.AccessToken, tok.RefreshToken}
+	scenarios := []func(){
+		func() { // 503 then success
+			srv.Inject(authserver.EndpointToken, authserver.Fault{Status: 503})
+			s.Invalidate(tok)
+			_, err := s.Token()
+			collect(&errs, err)
+		},
+		func() { // save failure
+			store.failSaves(errDiskFull)
+			cur, _ := s.Token()
+			s.Invalidate(cur)
+			_, err := s.Token()
+			collect(&errs, err)
+			store.failSaves(nil)
+		},
+		func() { // the provider echoes the refresh token in its error
+			cur, _ := s.Token()
+			secrets = append(secrets, cur.AccessToken, cur.RefreshToken)
+			srv.Inject(authserver.EndpointToken, authserver.Fault{Status: 400,
+				Body: `{"error":"invalid_grant","error_description":"refresh token ` + cur.RefreshToken + ` is revoked"}`})
+			s.Invalidate(cur)
+			_, err := s.Token()
+			collect(&errs, err)
+		},
+		func() { // revocation failing at the provider, which echoes the token
+			cur, _ := store.Load(context.Background(), "alice")
+			srv.Inject(authserver.EndpointRevoke, authserver.Fault{Status: 503,
+				Body: `{"error":"temporarily_unavailable","error_description":"cannot revoke ` + cur.RefreshToken + `"}`})
+			collect(&errs, s.Revoke(context.Background()))
+		},
+	}
+	for _, sc := range scenarios {
+		sc()
+	}
+	if len(errs) < 3 {
+		t.Fatalf("scenarios produced %d errors, want at least 3", len(errs))
+	}
+	for _, e := range events {
+		if e.Err != nil {
+			errs = append(errs, e.Err.Error())
+		}
+	}
+	out := logs.String() + strings.Join(errs, "\n") + s.String()
+	for _, sec := range secrets {
+		if sec != "" && strings.Contains(out, sec) {
+			t.Errorf("a token value appears in errors or logs")
+		}
+	}
+	if strings.Contains(out, "tkat_") || strings.Contains(out, "tkrt_") {
+		t.Errorf("a token value appears in errors or logs")
+	}
+}
+
+func collect(errs *[]string, err error) {
+	if err != nil {
+		*errs = append(*errs, err.Error())
+	}
+}
