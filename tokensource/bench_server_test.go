@@ -188,4 +188,3 @@ func BenchmarkBlockedCalls(b *testing.B) {
 		run(b, oauth2.ReuseTokenSourceWithExpiry(t, srv.OAuth2Config("offline_access").TokenSource(ctx, t), 100*time.Millisecond))
 	})
 }
-

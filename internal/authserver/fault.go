@@ -215,8 +215,8 @@ type Stats struct {
 
 type counters struct {
 	tokenRequests, refreshGrants, codeGrants, deviceGrants, clientCredentialsGrants atomic.Int64
-	reuseDetections, revocations, resourceRequests, resourceUnauthorized             atomic.Int64
-	faultsInjected                                                                   atomic.Int64
+	reuseDetections, revocations, resourceRequests, resourceUnauthorized            atomic.Int64
+	faultsInjected                                                                  atomic.Int64
 }
 
 func (c *counters) count(endpoint string) {
