@@ -1,0 +1,28 @@
+//go:build !windows && !darwin && !ios
+
+package storage
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// sessionBusReachable reports ErrUnavailable when there is no D-Bus session
+// bus to find the Secret Service on. Without this check the D-Bus library
+// would try to start a bus with dbus-launch, which on a headless machine
+// hangs or spawns a daemon nobody stops.
+func sessionBusReachable() error {
+	if a := os.Getenv("DBUS_SESSION_BUS_ADDRESS"); a != "" && a != "autolaunch:" {
+		return nil
+	}
+	if dir := os.Getenv("XDG_RUNTIME_DIR"); dir != "" {
+		for _, name := range []string{"bus", "dbus-session"} {
+			if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is not set), so no Secret Service: %w", ErrUnavailable)
+}
+

@@ -1,0 +1,290 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/oauth2"
+)
+
+// bigToken has a 16 KB id_token, as some providers' tokens grow with claims.
+func bigToken() *oauth2.Token {
+	t := sampleToken().WithExtra(map[string]any{"id_token": strings.Repeat("x", 16<<10), "scope": "openid"})
+	return t
+}
+
+func newFakeKeyring(t testing.TB, kr *fakeKeyring, chunk int) *Keyring {
+	t.Helper()
+	k, err := NewKeyring("tokenkeep-test", &KeyringOptions{Backend: kr, Timeout: 200 * time.Millisecond, ChunkSize: chunk, LockDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func TestKeyringChunksLargeTokens(t *testing.T) {
+	kr := &fakeKeyring{limit: 2000}
+	k := newFakeKeyring(t, kr, 2000)
+	if err := k.Save(bg, "alice", bigToken()); err != nil {
+		t.Fatal(err)
+	}
+	items := kr.len()
+	if items < 9 {
+		t.Fatalf("a 16 KB token in %d items; want it chunked", items)
+	}
+	got, err := k.Load(bg, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Extra("id_token") != bigToken().Extra("id_token") {
+		t.Fatal("id_token lost in chunking")
+	}
+	// A new value replaces the chunks, leaving no orphans.
+	if err := k.Save(bg, "alice", bigToken()); err != nil {
+		t.Fatal(err)
+	}
+	if got := kr.len(); got != items {
+		t.Fatalf("after a second save: %d items, want %d", got, items)
+	}
+	// A small value goes back to one item.
+	if err := k.Save(bg, "alice", sampleToken()); err != nil {
+		t.Fatal(err)
+	}
+	if got := kr.len(); got != 1 {
+		t.Fatalf("after a small save: %d items, want 1", got)
+	}
+	if err := k.Save(bg, "alice", bigToken()); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Delete(bg, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if got := kr.len(); got != 0 {
+		t.Fatalf("after Delete: %d items, want 0", got)
+	}
+	if _, err := k.Load(bg, "alice"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Load after Delete: got %v, want ErrNotFound", err)
+	}
+	if err := k.Delete(bg, "alice"); err != nil {
+		t.Fatalf("Delete of nothing: %v", err)
+	}
+}
+
+func TestKeyringUnchunkedRefusedByLimit(t *testing.T) {
+	kr := &fakeKeyring{limit: 2000}
+	k := newFakeKeyring(t, kr, -1)
+	err := k.Save(bg, "alice", bigToken())
+	if err == nil {
+		t.Fatal("a 16 KB value went into a 2,000-byte keyring")
+	}
+	noSecrets(t, err)
+}
+
+func TestKeyringBadValues(t *testing.T) {
+	kr := &fakeKeyring{}
+	k := newFakeKeyring(t, kr, 1000)
+	if err := k.Save(bg, "alice", bigToken()); err != nil {
+		t.Fatal(err)
+	}
+	manifest, _ := kr.Get("tokenkeep-test", "alice")
+	m, _ := parseManifest(manifest)
+
+	for _, tc := range []struct {
+		name  string
+		setup func()
+	}{
+		{"not ours", func() { kr.Set("tokenkeep-test", "alice", "hunter2") }},
+		{"bad base64", func() { kr.Set("tokenkeep-test", "alice", singlePrefix+"***") }},
+		{"not a token", func() { kr.Set("tokenkeep-test", "alice", singlePrefix+"e30=") }},
+		{"bad manifest", func() { kr.Set("tokenkeep-test", "alice", manifestPrefix+"x") }},
+		{"missing chunk", func() {
+			kr.Set("tokenkeep-test", "alice", manifest)
+			kr.Delete("tokenkeep-test", chunkUser("alice", m.gen, 3))
+		}},
+		{"altered chunk", func() {
+			kr.Set("tokenkeep-test", "alice", manifest)
+			kr.Set("tokenkeep-test", chunkUser("alice", m.gen, 3), "AAAA")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.setup()
+			tok, err := k.Load(bg, "alice")
+			if !errors.Is(err, ErrCorrupt) || tok != nil {
+				t.Fatalf("got (%v, %v), want ErrCorrupt", tok != nil, err)
+			}
+			noSecrets(t, err, "hunter2")
+		})
+	}
+}
+
+func TestKeyringHangingBackendTimesOut(t *testing.T) {
+	kr := &fakeKeyring{hang: make(chan struct{})}
+	defer close(kr.hang)
+	k := newFakeKeyring(t, kr, -1)
+	start := time.Now()
+	_, err := k.Load(bg, "alice")
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("got %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("returned after %v; the timeout is 200ms", d)
+	}
+}
+
+func TestKeyringBackendErrorsAreUnavailable(t *testing.T) {
+	kr := &fakeKeyring{fail: errors.New("org.freedesktop.DBus.Error.ServiceUnknown")}
+	k := newFakeKeyring(t, kr, -1)
+	for name, err := range map[string]error{
+		"load":   func() error { _, err := k.Load(bg, "a"); return err }(),
+		"save":   k.Save(bg, "a", sampleToken()),
+		"delete": k.Delete(bg, "a"),
+	} {
+		if !errors.Is(err, ErrUnavailable) {
+			t.Errorf("%s: got %v, want ErrUnavailable", name, err)
+		}
+	}
+}
+
+func TestKeyringNoSessionBus(t *testing.T) {
+	// In this process: an empty address is refused before D-Bus is touched,
+	// so nothing tries to launch a bus.
+	t.Setenv("DBUS_SESSION_BUS_ADDRESS", "")
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	k, err := NewKeyring("tokenkeep-test", &KeyringOptions{LockDir: t.TempDir(), Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := k.Load(bg, "alice"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("got %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Fatalf("took %v", d)
+	}
+
+	// In a fresh process (the D-Bus library caches its connection): a bus
+	// address where nothing listens.
+	for _, addr := range []string{"", "unix:path=/nonexistent/tokenkeep/bus"} {
+		cmd := helper(t, "nobus", "DBUS_SESSION_BUS_ADDRESS="+addr, "XDG_RUNTIME_DIR="+t.TempDir())
+		start := time.Now()
+		if out, err := cmd.Output(); err != nil {
+			t.Fatalf("address %q: helper failed: %v (%s)", addr, err, out)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("address %q: took %v", addr, d)
+		}
+	}
+}
+
+func helperNoBus() error {
+	k, err := NewKeyring("tokenkeep-test", &KeyringOptions{LockDir: os.TempDir(), Timeout: 2 * time.Second})
+	if err != nil {
+		return err
+	}
+	_, err = k.Load(bg, "alice")
+	if !errors.Is(err, ErrUnavailable) {
+		return fmt.Errorf("got %v, want ErrUnavailable", err)
+	}
+	return nil
+}
+
+func TestKeyringSecretService(t *testing.T) {
+	needSecretService(t)
+	for _, chunk := range []int{-1, 2000} {
+		t.Run(fmt.Sprintf("chunk=%d", chunk), func(t *testing.T) {
+			k, err := NewKeyring("tokenkeep-test", &KeyringOptions{ChunkSize: chunk, LockDir: t.TempDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := t.Name()
+			if _, err := k.Load(bg, name); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("Load of nothing: got %v, want ErrNotFound", err)
+			}
+			for _, tok := range []*oauth2.Token{sampleToken(), bigToken(), sampleToken()} {
+				if err := k.Save(bg, name, tok); err != nil {
+					t.Fatal(err)
+				}
+				got, err := k.Load(bg, name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sameToken(t, got, tok)
+				if got.Extra("id_token") != tok.Extra("id_token") {
+					t.Fatal("id_token lost")
+				}
+			}
+			if err := k.Delete(bg, name); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := k.Load(bg, name); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("Load after Delete: got %v, want ErrNotFound", err)
+			}
+		})
+	}
+}
+
+func TestKeyringKeySecretService(t *testing.T) {
+	needSecretService(t)
+	key, err := KeyringKey("tokenkeep-test", t.Name(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFileStore(t, key)
+	if err := f.Save(bg, "e", bigToken()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Load(bg, "e"); err != nil {
+		t.Fatal(err)
+	}
+	if err := (osKeyring{}).Delete("tokenkeep-test", t.Name()); err != nil {
+		t.Fatal(err)
+	}
+	again, _ := KeyringKey("tokenkeep-test", t.Name(), nil)
+	g, _ := NewFile(f.Dir(), again)
+	if _, err := g.Load(bg, "e"); !errors.Is(err, ErrKeyLost) {
+		t.Fatalf("key deleted from the keyring: got %v, want ErrKeyLost", err)
+	}
+}
+
+func TestKeyringLock(t *testing.T) {
+	k := newFakeKeyring(t, &fakeKeyring{}, -1)
+	testLockExcludes(t, k)
+}
+
+func testLockExcludes(t *testing.T, l Locker) {
+	var mu sync.Mutex
+	holders, maxHolders := 0, 0
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			unlock, err := l.Lock(bg, "alice")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			holders++
+			maxHolders = max(maxHolders, holders)
+			mu.Unlock()
+			time.Sleep(time.Millisecond)
+			mu.Lock()
+			holders--
+			mu.Unlock()
+			if err := unlock(); err != nil {
+				t.Error(err)
+			}
+			unlock() // a second call is harmless
+		}()
+	}
+	wg.Wait()
+	if maxHolders != 1 {
+		t.Fatalf("%d goroutines held the lock at once", maxHolders)
+	}
+}
