@@ -25,4 +25,3 @@ func sessionBusReachable() error {
 	}
 	return fmt.Errorf("no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is not set), so no Secret Service: %w", ErrUnavailable)
 }
-
