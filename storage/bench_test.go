@@ -68,4 +68,3 @@ func BenchmarkKeyring(b *testing.B) {
 	})
 	k.Delete(bg, "e")
 }
-
