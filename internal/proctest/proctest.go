@@ -1,0 +1,258 @@
+// Package proctest is the child side of tokenkeep's multi-process tests and
+// measurements: a process that opens a shared store, asks for a token once,
+// prints what it got and exits. Tests and the procbench program start many
+// of these at once against the embedded authorization server.
+package proctest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/oauth2"
+
+	"github.com/tokenkeep/tokenkeep/internal/authserver"
+	"github.com/tokenkeep/tokenkeep/storage"
+	"github.com/tokenkeep/tokenkeep/tokensource"
+)
+
+// Environment of a child process.
+const (
+	EnvMode     = "TOKENKEEP_PROC_MODE"      // one of the Mode constants
+	EnvTokenURL = "TOKENKEEP_PROC_TOKEN_URL" // the authorization server's token endpoint
+	EnvDir      = "TOKENKEEP_PROC_DIR"       // the shared store's directory
+	EnvKey      = "TOKENKEEP_PROC_KEY"       // the file store's key, for storage.KeyFromEnv
+	EnvChild    = "TOKENKEEP_PROC_CHILD"     // set in children; its value is unused
+)
+
+// Modes: how a child keeps its session.
+const (
+	ModeFile    = "tokenkeep-file"    // tokensource.Source over storage.File
+	ModeKeyring = "tokenkeep-keyring" // tokensource.Source over storage.Keyring
+	ModeXOAuth2 = "x-oauth2"          // oauth2.Config.TokenSource, saving to a JSON file
+)
+
+// Entry is the name every child uses for the shared session.
+const Entry = "session"
+
+// KeyringService is the keyring service name of ModeKeyring.
+const KeyringService = "tokenkeep-proctest"
+
+// Outcomes a child prints as the first word of its one line of output.
+const (
+	OK     = "ok"     // followed by the access token
+	Reauth = "reauth" // the session is gone: ErrReauthRequired
+	Failed = "error"  // followed by the error
+)
+
+// Store opens the shared store of a tokenkeep mode.
+func Store(mode, dir string) (storage.Store, error) {
+	switch mode {
+	case ModeFile:
+		key, err := storage.KeyFromEnv(EnvKey)
+		if err != nil {
+			return nil, err
+		}
+		return storage.NewFile(dir, key)
+	case ModeKeyring:
+		return storage.NewKeyring(KeyringService, &storage.KeyringOptions{LockDir: dir})
+	}
+	return nil, fmt.Errorf("proctest: no store for mode %q", mode)
+}
+
+// Config is the embedded server's confidential client at tokenURL.
+func Config(tokenURL string) *oauth2.Config {
+	return &oauth2.Config{
+		ClientID:     authserver.ClientID,
+		ClientSecret: authserver.ClientSecret,
+		Endpoint:     oauth2.Endpoint{TokenURL: tokenURL, AuthStyle: oauth2.AuthStyleInHeader},
+	}
+}
+
+// Main runs one child from its environment, writes its outcome line to w
+// and returns the exit status.
+func Main(w io.Writer) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	mode, dir, tokenURL := os.Getenv(EnvMode), os.Getenv(EnvDir), os.Getenv(EnvTokenURL)
+	io.Copy(io.Discard, os.Stdin) // the parent closes stdin to start all children at once
+	var tok *oauth2.Token
+	var err error
+	if mode == ModeXOAuth2 {
+		tok, err = plain(ctx, dir, tokenURL)
+	} else {
+		tok, err = managed(ctx, mode, dir, tokenURL)
+	}
+	switch {
+	case err == nil:
+		fmt.Fprintln(w, OK, tok.AccessToken)
+	case errors.Is(err, tokensource.ErrReauthRequired), isInvalidGrant(err):
+		fmt.Fprintln(w, Reauth)
+	default:
+		fmt.Fprintln(w, Failed, err)
+		return 1
+	}
+	return 0
+}
+
+func managed(ctx context.Context, mode, dir, tokenURL string) (*oauth2.Token, error) {
+	st, err := Store(mode, dir)
+	if err != nil {
+		return nil, err
+	}
+	r, err := tokensource.NewConfigRefresher(Config(tokenURL), "", nil)
+	if err != nil {
+		return nil, err
+	}
+	src, err := tokensource.New(r, st, Entry, tokensource.WithLockTimeout(20*time.Second))
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	return src.TokenContext(ctx)
+}
+
+// PlainPath is where ModeXOAuth2 children keep the session, as the
+// x/oauth2 documentation suggests: the token's JSON in a file.
+func PlainPath(dir string) string { return filepath.Join(dir, "plain.json") }
+
+// plain is what a program using x/oauth2 alone does: read the saved token,
+// let Config.TokenSource refresh it, save it if it changed.
+func plain(ctx context.Context, dir, tokenURL string) (*oauth2.Token, error) {
+	b, err := os.ReadFile(PlainPath(dir))
+	if err != nil {
+		return nil, err
+	}
+	var saved oauth2.Token
+	if err := json.Unmarshal(b, &saved); err != nil {
+		return nil, err
+	}
+	tok, err := Config(tokenURL).TokenSource(ctx, &saved).Token()
+	if err != nil {
+		return nil, err
+	}
+	if tok.AccessToken != saved.AccessToken {
+		b, _ := json.Marshal(tok)
+		if err := os.WriteFile(PlainPath(dir), b, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	return tok, nil
+}
+
+func isInvalidGrant(err error) bool {
+	var re *oauth2.RetrieveError
+	return errors.As(err, &re) && re.ErrorCode == "invalid_grant"
+}
+
+// Prime stores tok as the session of mode in dir.
+func Prime(ctx context.Context, mode, dir string, tok *oauth2.Token) error {
+	if mode == ModeXOAuth2 {
+		b, err := json.Marshal(tok)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(PlainPath(dir), b, 0o600)
+	}
+	st, err := Store(mode, dir)
+	if err != nil {
+		return err
+	}
+	return st.Save(ctx, Entry, tok)
+}
+
+// Expire makes the stored session's access token look expired to its
+// clients, keeping its refresh token, as if its lifetime had passed.
+func Expire(ctx context.Context, mode, dir string) error {
+	if mode == ModeXOAuth2 {
+		b, err := os.ReadFile(PlainPath(dir))
+		if err != nil {
+			return err
+		}
+		var t oauth2.Token
+		if err := json.Unmarshal(b, &t); err != nil {
+			return err
+		}
+		t.Expiry = time.Now().Add(-time.Minute)
+		return Prime(ctx, mode, dir, &t)
+	}
+	st, err := Store(mode, dir)
+	if err != nil {
+		return err
+	}
+	t, err := st.Load(ctx, Entry)
+	if err != nil {
+		return err
+	}
+	t.Expiry = time.Now().Add(-time.Minute)
+	return st.Save(ctx, Entry, t)
+}
+
+// Child describes how to start a child: the executable, its arguments, and
+// the environment added to the parent's.
+type Child struct {
+	Path string
+	Args []string
+	Env  []string
+}
+
+// Start starts n children, which wait until Release is called.
+func (c Child) Start(n int) (*Group, error) {
+	g := &Group{lines: make([]string, n)}
+	for i := range n {
+		cmd := exec.Command(c.Path, c.Args...)
+		cmd.Env = append(os.Environ(), append(c.Env, EnvChild+"=1")...)
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, err
+		}
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			g.Release()
+			g.Wait()
+			return nil, err
+		}
+		g.cmds = append(g.cmds, cmd)
+		g.stdins = append(g.stdins, stdin)
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			cmd.Wait()
+			g.lines[i] = strings.TrimSpace(out.String())
+		}()
+	}
+	return g, nil
+}
+
+// Group is a set of started children.
+type Group struct {
+	cmds   []*exec.Cmd
+	stdins []io.WriteCloser
+	wg     sync.WaitGroup
+	lines  []string
+}
+
+// Release lets every child go.
+func (g *Group) Release() {
+	for _, in := range g.stdins {
+		in.Close()
+	}
+}
+
+// Wait waits for every child and returns their output lines.
+func (g *Group) Wait() []string {
+	g.wg.Wait()
+	return g.lines
+}
+
+// Process returns the i-th child's process, to signal it.
+func (g *Group) Process(i int) *os.Process { return g.cmds[i].Process }

@@ -1,0 +1,284 @@
+package tokensource_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokenkeep/tokenkeep/internal/authserver"
+	"github.com/tokenkeep/tokenkeep/internal/proctest"
+	"github.com/tokenkeep/tokenkeep/internal/secretservice"
+	"github.com/tokenkeep/tokenkeep/storage"
+	"github.com/tokenkeep/tokenkeep/tokensource"
+)
+
+// TestMain lets the test binary act as a child process of the
+// multi-process tests.
+func TestMain(m *testing.M) {
+	if os.Getenv(proctest.EnvChild) != "" {
+		os.Exit(proctest.Main(os.Stdout))
+	}
+	os.Exit(m.Run())
+}
+
+// procServer behaves like Okta or Auth0 with rotation on.
+func procServer(t *testing.T) *authserver.Server {
+	srv := authserver.New(authserver.Config{Rotate: true, ReuseDetection: true})
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// procEnv prepares a shared store of mode for child processes of this test
+// binary, primed with a login from srv.
+func procEnv(t *testing.T, srv *authserver.Server, mode string) proctest.Child {
+	t.Helper()
+	dir := t.TempDir()
+	key := make([]byte, 32)
+	rand.Read(key)
+	t.Setenv(proctest.EnvKey, hex.EncodeToString(key))
+	if err := proctest.Prime(context.Background(), mode, dir, srv.Mint("openid", "offline_access")); err != nil {
+		t.Fatal(err)
+	}
+	return proctest.Child{
+		Path: os.Args[0],
+		Args: []string{"-test.run=^$"},
+		Env: []string{
+			proctest.EnvMode + "=" + mode,
+			proctest.EnvDir + "=" + dir,
+			proctest.EnvTokenURL + "=" + srv.Endpoint().TokenURL,
+		},
+	}
+}
+
+// runTogether starts n children, lets them go at once and returns their
+// output lines.
+func runTogether(t *testing.T, c proctest.Child, n int) []string {
+	t.Helper()
+	g, err := c.Start(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Release()
+	return g.Wait()
+}
+
+// sameValidToken checks that every child printed the same access token and
+// that the server honours it.
+func sameValidToken(t *testing.T, srv *authserver.Server, lines []string) {
+	t.Helper()
+	for i, l := range lines {
+		if l != lines[0] {
+			t.Fatalf("child %d said %q, child 0 said %q", i, redactLine(l), redactLine(lines[0]))
+		}
+	}
+	at, ok := strings.CutPrefix(lines[0], proctest.OK+" ")
+	if !ok {
+		t.Fatalf("children said %q", redactLine(lines[0]))
+	}
+	if !srv.AccessTokenActive(at) {
+		t.Fatal("the children's access token is not valid at the server")
+	}
+}
+
+// redactLine keeps a child's outcome and drops its token.
+func redactLine(l string) string {
+	if strings.HasPrefix(l, proctest.OK+" ") {
+		return proctest.OK + " <token>"
+	}
+	return l
+}
+
+func testProcessesShareOneRefresh(t *testing.T, mode string, procs, expiries int) {
+	srv := procServer(t)
+	child := procEnv(t, srv, mode)
+	ctx := context.Background()
+	dir := strings.TrimPrefix(child.Env[1], proctest.EnvDir+"=")
+	for round := range expiries {
+		if err := proctest.Expire(ctx, mode, dir); err != nil {
+			t.Fatal(err)
+		}
+		before := srv.Stats()
+		lines := runTogether(t, child, procs)
+		after := srv.Stats()
+		if got := after.RefreshGrants - before.RefreshGrants; got != 1 {
+			t.Fatalf("expiry %d: %d processes made %d refreshes, want 1", round, procs, got)
+		}
+		if after.ReuseDetections != 0 {
+			t.Fatalf("expiry %d: %d reuse detections", round, after.ReuseDetections)
+		}
+		sameValidToken(t, srv, lines)
+	}
+}
+
+// TestProcessesShareOneRefresh starts 8 processes together on an expired
+// token, 20 times: each time exactly one refresh, no reuse detection, and
+// all 8 get the same valid token.
+func TestProcessesShareOneRefresh(t *testing.T) {
+	testProcessesShareOneRefresh(t, proctest.ModeFile, 8, 20)
+}
+
+// TestProcessesShareOneRefreshKeyring is the same through the OS keyring,
+// against a private Secret Service.
+func TestProcessesShareOneRefreshKeyring(t *testing.T) {
+	svc, err := secretservice.Start(func(addr string) error {
+		t.Setenv("DBUS_SESSION_BUS_ADDRESS", addr)
+		k, err := storage.NewKeyring(proctest.KeyringService, &storage.KeyringOptions{LockDir: t.TempDir()})
+		if err != nil {
+			return err
+		}
+		_, err = k.Load(context.Background(), "probe")
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil
+		}
+		return err
+	})
+	if errors.Is(err, secretservice.ErrMissing) {
+		t.Skipf("no Secret Service: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop()
+	testProcessesShareOneRefresh(t, proctest.ModeKeyring, 8, 5)
+}
+
+// TestProcessKilledMidRefresh SIGKILLs the process that holds the lock and
+// is waiting for the token endpoint, then runs seven more.
+//
+// What the survivors see depends on whether the killed refresh reached the
+// server. If it did not (the request was still waiting when its client
+// died), the old refresh token is still good: the survivors make one refresh
+// and carry on. If it did (the server rotated the token but the answer never
+// arrived), the new refresh token died with the process and the old one is
+// retired: presenting it trips reuse detection, and the survivors get
+// ErrReauthRequired at once. In neither case does anyone wait beyond the
+// killed process's exit, and the store always decodes.
+func TestProcessKilledMidRefresh(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		fault     authserver.Fault
+		reached   func(authserver.Stats) bool
+		wantLines string
+	}{
+		{
+			name:      "refresh not processed",
+			fault:     authserver.Fault{Delay: 5 * time.Second},
+			reached:   func(s authserver.Stats) bool { return s.TokenRequests > 0 },
+			wantLines: proctest.OK,
+		},
+		{
+			name:      "refresh processed, answer lost",
+			fault:     authserver.Fault{SlowBody: 5 * time.Second},
+			reached:   func(s authserver.Stats) bool { return s.RefreshGrants > 0 },
+			wantLines: proctest.Reauth,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := procServer(t)
+			child := procEnv(t, srv, proctest.ModeFile)
+			dir := strings.TrimPrefix(child.Env[1], proctest.EnvDir+"=")
+			ctx := context.Background()
+			proctest.Expire(ctx, proctest.ModeFile, dir)
+			srv.Inject(authserver.EndpointToken, tc.fault)
+
+			victim, err := child.Start(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			victim.Release()
+			deadline := time.Now().Add(10 * time.Second)
+			for !tc.reached(srv.Stats()) {
+				if time.Now().After(deadline) {
+					t.Fatal("the first process never reached the token endpoint")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			victim.Process(0).Kill()
+			victim.Wait()
+
+			start := time.Now()
+			lines := runTogether(t, child, 7)
+			took := time.Since(start)
+			for i, l := range lines {
+				if !strings.HasPrefix(l, tc.wantLines) {
+					t.Fatalf("survivor %d said %q, want %q", i, redactLine(l), tc.wantLines)
+				}
+			}
+			if tc.wantLines == proctest.OK {
+				sameValidToken(t, srv, lines)
+			}
+			if took > 10*time.Second {
+				t.Fatalf("survivors took %v", took)
+			}
+			st, _ := proctest.Store(proctest.ModeFile, dir)
+			if _, err := st.Load(ctx, proctest.Entry); err != nil {
+				t.Fatalf("store after the kill: %v", err)
+			}
+			t.Logf("survivors finished in %v: %s (refresh grants %d, reuse detections %d)",
+				took.Round(time.Millisecond), tc.wantLines, srv.Stats().RefreshGrants, srv.Stats().ReuseDetections)
+		})
+	}
+}
+
+// nonLocking hides a store's Locker, as when a process cannot take the lock.
+type nonLocking struct{ storage.Store }
+
+// TestProcessInvalidGrantRecovery: this process reads the session, then its
+// refresh is held up at the server while another process rotates the token
+// and saves it. Its own refresh then presents a retired refresh token and
+// gets invalid_grant; it must read the store again, find the rotated token
+// and carry on instead of reporting ErrReauthRequired.
+func TestProcessInvalidGrantRecovery(t *testing.T) {
+	srv := authserver.New(authserver.Config{Rotate: true}) // retired tokens answer invalid_grant
+	t.Cleanup(srv.Close)
+	child := procEnv(t, srv, proctest.ModeFile)
+	dir := strings.TrimPrefix(child.Env[1], proctest.EnvDir+"=")
+	ctx := context.Background()
+	proctest.Expire(ctx, proctest.ModeFile, dir)
+	st, err := proctest.Store(proctest.ModeFile, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := tokensource.NewConfigRefresher(proctest.Config(srv.Endpoint().TokenURL), "", nil)
+	b, err := tokensource.New(r, nonLocking{st}, proctest.Entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+
+	srv.Inject(authserver.EndpointToken, authserver.Fault{Delay: 2 * time.Second})
+	type result struct {
+		at  string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		tok, err := b.TokenContext(ctx)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		done <- result{at: tok.AccessToken}
+	}()
+	for srv.Stats().TokenRequests == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	lines := runTogether(t, child, 1) // rotates while this process's request waits
+	sameValidToken(t, srv, lines)
+
+	res := <-done
+	if res.err != nil {
+		t.Fatalf("got %v, want the other process's token", res.err)
+	}
+	if "ok "+res.at != lines[0] {
+		t.Fatal("this process did not adopt the other process's token")
+	}
+	if got := srv.Stats().RefreshGrants; got != 2 {
+		t.Fatalf("refresh grants: got %d, want 2 (one rotation, one invalid_grant)", got)
+	}
+}
