@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/oauth2"
 
-	"github.com/tokenkeep/tokenkeep/internal/tokencodec"
 )
 
 // File is a Store and Locker that keeps each entry in its own encrypted file
@@ -106,21 +105,9 @@ func (f *File) Load(ctx context.Context, key string) (*oauth2.Token, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, ct, err := parseHeader(b)
-	if err != nil {
-		return nil, f.errorf(key, "decode", err)
-	}
-	k, err := f.key.opening(ctx, f.keyEnv(), h)
-	if err != nil {
-		return nil, f.errorf(key, "key", err)
-	}
-	pt, err := open(h, ct, k, key)
+	t, err := unseal(ctx, f.key, f.keyEnv(), key, b)
 	if err != nil {
 		return nil, f.errorf(key, "decrypt", err)
-	}
-	t, err := tokencodec.Decode(pt)
-	if err != nil {
-		return nil, f.errorf(key, "decode", fmt.Errorf("%v: %w", err, ErrCorrupt))
 	}
 	return t, nil
 }
@@ -161,15 +148,7 @@ func (f *File) Save(ctx context.Context, key string, t *oauth2.Token) error {
 	if t == nil {
 		return f.errorf(key, "save", errors.New("refusing to save a nil token"))
 	}
-	pt, err := tokencodec.Encode(t)
-	if err != nil {
-		return f.errorf(key, "encode", err)
-	}
-	m, err := f.key.sealing(ctx, f.keyEnv())
-	if err != nil {
-		return f.errorf(key, "key", err)
-	}
-	b, err := seal(m.kind, m.params, m.key, key, pt)
+	b, err := seal(ctx, f.key, f.keyEnv(), key, t)
 	if err != nil {
 		return f.errorf(key, "encrypt", err)
 	}

@@ -474,3 +474,35 @@ func TestKeyringKey(t *testing.T) {
 		t.Fatalf("keyring down: got %v, want ErrUnavailable", err)
 	}
 }
+
+func TestSealOpen(t *testing.T) {
+	key := mustRaw(t, testKey())
+	b, err := Seal(bg, key, "fleet/alice", sampleToken())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Open(bg, key, "fleet/alice", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameToken(t, got, sampleToken())
+	if _, err := Open(bg, key, "fleet/bob", b); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("opened under another name: got %v, want ErrCorrupt", err)
+	}
+	other := testKey()
+	other[31] ^= 0x80
+	if _, err := Open(bg, mustRaw(t, other), "fleet/alice", b); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("opened with another key: got %v, want ErrCorrupt", err)
+	}
+	if _, err := Seal(bg, key, "x", nil); err == nil {
+		t.Fatal("sealed a nil token")
+	}
+	kr, _ := KeyringKey("svc", "fleet", &KeyringOptions{Backend: &fakeKeyring{}})
+	b, err = Seal(bg, kr, "a", sampleToken())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(bg, kr, "a", b); err != nil {
+		t.Fatal(err)
+	}
+}

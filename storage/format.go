@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -8,6 +9,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"golang.org/x/oauth2"
+
+	"github.com/tokenkeep/tokenkeep/internal/tokencodec"
 )
 
 // The encrypted entry format, version 1. All integers are big-endian.
@@ -125,9 +130,9 @@ func associatedData(hdr []byte, name string) []byte {
 	return append(ad, name...)
 }
 
-// seal encrypts plaintext for the entry name under key, described by kind and
+// sealBytes encrypts plaintext for the entry name under key, described by kind and
 // params in the header.
-func seal(kind keyKind, params, key []byte, name string, plaintext []byte) ([]byte, error) {
+func sealBytes(kind keyKind, params, key []byte, name string, plaintext []byte) ([]byte, error) {
 	if len(params) > 0xffff {
 		return nil, errors.New("storage: key parameters too long")
 	}
@@ -151,9 +156,9 @@ func seal(kind keyKind, params, key []byte, name string, plaintext []byte) ([]by
 	return aead.Seal(out, nonce, plaintext, associatedData(out, name)), nil
 }
 
-// open authenticates and decrypts ciphertext whose header h was read from the
+// openBytes authenticates and decrypts ciphertext whose header h was read from the
 // entry name.
-func open(h *header, ciphertext, key []byte, name string) ([]byte, error) {
+func openBytes(h *header, ciphertext, key []byte, name string) ([]byte, error) {
 	if keyID(key) != h.keyID {
 		return nil, errFormat("encrypted with another key or passphrase")
 	}
@@ -177,4 +182,78 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
 	return cipher.NewGCM(block)
+}
+
+// seal encodes and encrypts t for the entry name.
+func seal(ctx context.Context, k Key, env keyEnv, name string, t *oauth2.Token) ([]byte, error) {
+	if t == nil {
+		return nil, errors.New("refusing to save a nil token")
+	}
+	pt, err := tokencodec.Encode(t)
+	if err != nil {
+		return nil, err
+	}
+	m, err := k.sealing(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	return sealBytes(m.kind, m.params, m.key, name, pt)
+}
+
+// unseal authenticates, decrypts and decodes what seal wrote for name.
+func unseal(ctx context.Context, k Key, env keyEnv, name string, b []byte) (*oauth2.Token, error) {
+	h, ct, err := parseHeader(b)
+	if err != nil {
+		return nil, err
+	}
+	kb, err := k.opening(ctx, env, h)
+	if err != nil {
+		return nil, err
+	}
+	pt, err := openBytes(h, ct, kb, name)
+	if err != nil {
+		return nil, err
+	}
+	t, err := tokencodec.Decode(pt)
+	if err != nil {
+		return nil, fmt.Errorf("%v: %w", err, ErrCorrupt)
+	}
+	return t, nil
+}
+
+// processKeyLocks serialises key creation for Seal callers, which have no
+// lock file: within one process only.
+var processKeyLocks lockSet
+
+func processEnv() keyEnv {
+	return keyEnv{lock: func(ctx context.Context) (func() error, error) {
+		return processKeyLocks.lockLocal(ctx, "\x00key")
+	}}
+}
+
+// Seal encodes t and encrypts it for the entry name in the file store's
+// format (see the package documentation), for stores that keep the bytes
+// elsewhere, such as a shared database. Only Open with the same name and key
+// recovers it.
+//
+// A [KeyringKey] used through Seal is created, on first use, under an
+// in-process lock only: create it once, before several machines or
+// processes seal with it, or share a raw key instead.
+func Seal(ctx context.Context, key Key, name string, t *oauth2.Token) ([]byte, error) {
+	b, err := seal(ctx, key, processEnv(), name, t)
+	if err != nil {
+		return nil, fmt.Errorf("storage: seal %q: %w", name, err)
+	}
+	return b, nil
+}
+
+// Open authenticates, decrypts and decodes what Seal produced for name. Its
+// errors match ErrCorrupt, ErrKeyLost or ErrUnavailable as the file store's
+// do.
+func Open(ctx context.Context, key Key, name string, b []byte) (*oauth2.Token, error) {
+	t, err := unseal(ctx, key, processEnv(), name, b)
+	if err != nil {
+		return nil, fmt.Errorf("storage: open %q: %w", name, err)
+	}
+	return t, nil
 }

@@ -37,7 +37,7 @@ func FuzzFileDecode(f *testing.F) {
 				}
 				continue
 			}
-			if _, err := open(h, ct, kb, goldenEntry); err != nil && !errors.Is(err, ErrCorrupt) {
+			if _, err := openBytes(h, ct, kb, goldenEntry); err != nil && !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("open: %v does not match ErrCorrupt", err)
 			}
 		}

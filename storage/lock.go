@@ -36,6 +36,11 @@ func (l *lockSet) sem(key string) chan struct{} {
 	return s
 }
 
+// lockLocal takes key's semaphore only.
+func (l *lockSet) lockLocal(ctx context.Context, key string) (func() error, error) {
+	return l.lock(ctx, key, "")
+}
+
 // lock takes key's semaphore, then an exclusive lock on the file at path,
 // which is created 0600 if needed and never deleted: deleting a lock file
 // while another process waits on it would let two processes hold "the" lock.
@@ -51,6 +56,10 @@ func (l *lockSet) lock(ctx context.Context, key, path string) (func() error, err
 	case sem <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+	if path == "" {
+		var once sync.Once
+		return func() error { once.Do(func() { <-sem }); return nil }, nil
 	}
 	f := flock.New(path, flock.SetPermissions(0o600))
 	ok, err := f.TryLockContext(ctx, lockPoll)
