@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 
 	"golang.org/x/oauth2"
-
 )
 
 // File is a Store and Locker that keeps each entry in its own encrypted file
