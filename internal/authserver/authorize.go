@@ -38,7 +38,14 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 		if st := q.Get("state"); st != "" {
 			params.Set("state", st)
 		}
-		http.Redirect(w, r, redirect+"?"+params.Encode(), http.StatusFound)
+		// Keep any query the redirect URI has (RFC 6749 section 3.1.2).
+		u, _ := url.Parse(redirect) // parsed by loopbackRedirect
+		merged := u.Query()
+		for k, v := range params {
+			merged[k] = v
+		}
+		u.RawQuery = merged.Encode()
+		http.Redirect(w, r, u.String(), http.StatusFound)
 	}
 	challenge, method := q.Get("code_challenge"), q.Get("code_challenge_method")
 	switch {
@@ -91,6 +98,8 @@ func (s *Server) codeGrant(client string, form url.Values) (map[string]any, *tok
 		return nil, invalidGrant("redirect_uri does not match")
 	case code.challenge != "" && s256(form.Get("code_verifier")) != code.challenge:
 		return nil, invalidGrant("PKCE verification failed")
+	case code.challenge == "" && form.Has("code_verifier"):
+		return nil, invalidGrant("code_verifier without code_challenge") // PKCE downgrade (RFC 9700 section 2.1.1)
 	}
 	fam := s.newFamilyLocked(client, s.cfg.Subject, code.scopes)
 	return s.issueLocked(fam, code.scopes, true), nil

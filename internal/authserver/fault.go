@@ -3,6 +3,7 @@ package authserver
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -121,6 +122,14 @@ func sleep(r *http.Request, d time.Duration) bool {
 	if d <= 0 {
 		return true
 	}
+	// An HTTP/1 server notices that the client went away only once the
+	// request body has been read to its end: read it now, so that the wait
+	// below ends when the client gives up and the request stays unprocessed.
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return false
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
