@@ -190,6 +190,20 @@ func TestServerFaults(t *testing.T) {
 		{"expires_in as a string", []authserver.Fault{{Mutate: func(m map[string]any) { m["expires_in"] = "3600" }}}, ok, 1, 0},
 		{"truncated answer after the grant", []authserver.Fault{{Truncate: 20}}, reauth, 2, 0},
 		{"answer without access_token after the grant", []authserver.Fault{{Mutate: func(m map[string]any) { delete(m, "access_token") }}}, reauth, 2, 0},
+		{"429 without Retry-After", []authserver.Fault{{Status: 429}}, ok, 2, 0},
+		{"503 Retry-After seconds", []authserver.Fault{{Status: 503, RetryAfter: "1"}}, ok, 2, time.Second},
+		{"500 Retry-After date", []authserver.Fault{{Status: 500, RetryAfter: "date+3s"}}, ok, 2, 2 * time.Second},
+		{"truncated JSON instead of an answer", []authserver.Fault{{Status: 200, Body: `{"access_token":"tkat_x","tok`}}, ok, 2, 0},
+		{"200 with an error field", []authserver.Fault{{Status: 200, Body: `{"error":"invalid_grant"}`}}, reauth, 1, 0},
+		{"200 with a transient error field", []authserver.Fault{{Status: 200, Body: `{"error":"temporarily_unavailable"}`}}, ok, 2, 0},
+		{"200 without access_token", []authserver.Fault{{Status: 200, Body: `{"token_type":"Bearer","expires_in":3600}`}}, ok, 2, 0},
+		{"body over 1 MiB", []authserver.Fault{{Status: 200, Body: `{"access_token":"` + strings.Repeat("a", 1<<20) + `"}`}}, ok, 2, 0},
+		{"expires_in as a float", []authserver.Fault{{Mutate: func(m map[string]any) { m["expires_in"] = 3599.5 }}}, ok, 1, 0},
+		{"expires_in null", []authserver.Fault{{Mutate: func(m map[string]any) { m["expires_in"] = nil }}}, ok, 1, 0},
+		{"expires_in missing", []authserver.Fault{{Mutate: func(m map[string]any) { delete(m, "expires_in") }}}, ok, 1, 0},
+		{"expires_in huge", []authserver.Fault{{Mutate: func(m map[string]any) { m["expires_in"] = 1e15 }}}, ok, 1, 0},
+		{"expires_in negative after the grant", []authserver.Fault{{Mutate: func(m map[string]any) { m["expires_in"] = -60 }}}, reauth, 2, 0},
+		{"slow body past the attempt timeout", []authserver.Fault{{SlowBody: 2 * time.Second}}, reauth, 2, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
