@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -22,6 +23,11 @@ var secretServiceMissing string
 func TestMain(m *testing.M) {
 	if h := os.Getenv(helperEnv); h != "" {
 		os.Exit(runHelper(h))
+	}
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		// Fuzzing needs no keyring, and its workers each run TestMain.
+		os.Exit(m.Run())
 	}
 	stop, err := startSecretService()
 	if err != nil {
