@@ -53,10 +53,12 @@ func main() {
 // demo is one run's state.
 type demo struct {
 	settings
+	outMu   sync.Mutex // guards out: refresh hooks print from other goroutines
 	out     io.Writer
 	srv     *authserver.Server
 	dir     string
 	key     storage.Key
+	store   *storage.File
 	src     *tokensource.Source
 	client  *http.Client
 	numbers tokenNumbers
@@ -85,7 +87,11 @@ func run(ctx context.Context, out io.Writer, s settings) error {
 	return nil
 }
 
-func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.out, format+"\n", args...) }
+func (d *demo) say(format string, args ...any) {
+	d.outMu.Lock()
+	defer d.outMu.Unlock()
+	fmt.Fprintf(d.out, format+"\n", args...)
+}
 
 func (d *demo) pause(x time.Duration) { time.Sleep(time.Duration(float64(x) * d.slow)) }
 
@@ -120,6 +126,7 @@ func (d *demo) open() error {
 	if err != nil {
 		return err
 	}
+	d.store = store
 	r, err := tokensource.NewConfigRefresher(d.srv.OAuth2Config("openid", "offline_access"), d.srv.RevocationURL(), d.srv.Client())
 	if err != nil {
 		return err
@@ -225,11 +232,18 @@ func (d *demo) restart(ctx context.Context) error {
 
 func (d *demo) storm(ctx context.Context) error {
 	d.say("\n4. Wait for the access token to expire, then make 100 calls at once.")
-	tok, err := d.src.TokenContext(ctx)
-	if err != nil {
-		return err
+	// Wait out the latest token: a background refresh may have replaced the
+	// one the last call used.
+	for {
+		tok, err := d.store.Load(ctx, "demo-user")
+		if err != nil {
+			return err
+		}
+		if time.Now().After(tok.Expiry) {
+			break
+		}
+		time.Sleep(time.Until(tok.Expiry) + 100*time.Millisecond)
 	}
-	time.Sleep(time.Until(tok.Expiry) + 100*time.Millisecond)
 	before := d.srv.Stats()
 	var wg sync.WaitGroup
 	var ok atomic.Int32
