@@ -1,0 +1,277 @@
+package redisstore
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenkeep/tokenkeep/internal/proctest"
+	"github.com/tokenkeep/tokenkeep/storage"
+	"github.com/tokenkeep/tokenkeep/tokensource"
+)
+
+// Environment of a child process.
+const (
+	envChild      = "REDISSTORE_TEST_CHILD"      // set in children
+	envAddr       = "REDISSTORE_TEST_ADDR"       // the redis-server's address
+	envKey        = "REDISSTORE_TEST_KEY"        // the store's key, for storage.KeyFromEnv
+	envPrefix     = "REDISSTORE_TEST_PREFIX"     // Options.Prefix
+	envLeaseTTL   = "REDISSTORE_TEST_LEASE_TTL"  // Options.LeaseTTL, as time.ParseDuration reads it
+	envTokenURL   = "REDISSTORE_TEST_TOKEN_URL"  // the authorization server's token endpoint
+	envGoroutines = "REDISSTORE_TEST_GOROUTINES" // Sources per child, each asking once per round
+)
+
+// entry is the name every child uses for the shared session.
+const entry = proctest.Entry
+
+// childMain is a child process: for every line on stdin it runs one round —
+// every goroutine opens its own Source over the process's Store and asks
+// for a token once — and prints one line: "ok <access token>" when all got
+// the same token, "reauth" when all were told to log in again, "error ..."
+// otherwise. It exits when stdin closes.
+func childMain(in io.Reader, out io.Writer) int {
+	st, r, n, err := childSetup()
+	if err != nil {
+		fmt.Fprintln(out, proctest.Failed, err)
+		return 1
+	}
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		fmt.Fprintln(out, childRound(st, r, n))
+	}
+	return 0
+}
+
+func childSetup() (*Store, tokensource.Refresher, int, error) {
+	key, err := storage.KeyFromEnv(envKey)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	ttl, err := time.ParseDuration(os.Getenv(envLeaseTTL))
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	n, err := strconv.Atoi(os.Getenv(envGoroutines))
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	c := redis.NewClient(&redis.Options{Addr: os.Getenv(envAddr)})
+	st, err := New(c, key, &Options{Prefix: os.Getenv(envPrefix), LeaseTTL: ttl})
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	r, err := tokensource.NewConfigRefresher(proctest.Config(os.Getenv(envTokenURL)), "", nil)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return st, r, n, nil
+}
+
+func childRound(st *Store, r tokensource.Refresher, n int) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ats := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			src, err := tokensource.New(r, st, entry, tokensource.WithLockTimeout(20*time.Second))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer src.Close()
+			tok, err := src.TokenContext(ctx)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			ats[i] = tok.AccessToken
+		})
+	}
+	wg.Wait()
+	var ok, reauth int
+	var other error
+	for i, err := range errs {
+		switch {
+		case err == nil && ats[i] == ats[0]:
+			ok++
+		case err == nil:
+			other = errors.New("goroutines got different tokens")
+		case errors.Is(err, tokensource.ErrReauthRequired):
+			reauth++
+		default:
+			other = err
+		}
+	}
+	switch {
+	case ok == n:
+		return proctest.OK + " " + ats[0]
+	case reauth == n:
+		return proctest.Reauth
+	}
+	return fmt.Sprintf("%s %d ok, %d reauth, last other error: %v", proctest.Failed, ok, reauth, other)
+}
+
+// fleet is a set of child processes sharing one session.
+type fleet struct {
+	t     testing.TB
+	procs []*child
+}
+
+type child struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	lines chan string   // its output lines
+	errs  *lockedBuffer // its standard error
+	done  chan struct{} // closed when it has exited
+}
+
+// lockedBuffer is a strings.Builder safe for concurrent use.
+type lockedBuffer struct {
+	mu sync.Mutex // guards b
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// session is what children need to share one entry.
+type session struct {
+	addr     string
+	keyHex   string
+	prefix   string
+	tokenURL string
+	leaseTTL time.Duration
+}
+
+// startFleet starts n children of this test binary with goroutines Sources
+// each. They are killed when t ends.
+func startFleet(t testing.TB, s session, n, goroutines int) *fleet {
+	t.Helper()
+	f := &fleet{t: t}
+	t.Cleanup(f.stop)
+	for range n {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(),
+			envChild+"=1",
+			envAddr+"="+s.addr,
+			envKey+"="+s.keyHex,
+			envPrefix+"="+s.prefix,
+			envTokenURL+"="+s.tokenURL,
+			envLeaseTTL+"="+s.leaseTTL.String(),
+			envGoroutines+"="+strconv.Itoa(goroutines),
+		)
+		cmd.SysProcAttr = dieWithParent()
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		outp, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &child{cmd: cmd, in: in, lines: make(chan string, 16), errs: new(lockedBuffer), done: make(chan struct{})}
+		cmd.Stderr = c.errs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			sc := bufio.NewScanner(outp)
+			sc.Buffer(nil, 1<<20)
+			for sc.Scan() {
+				c.lines <- sc.Text()
+			}
+			cmd.Wait()
+			close(c.done)
+			close(c.lines)
+		}()
+		f.procs = append(f.procs, c)
+	}
+	return f
+}
+
+// start lets children idx (all when none is given) begin a round.
+func (f *fleet) start(idx ...int) {
+	if len(idx) == 0 {
+		for i := range f.procs {
+			idx = append(idx, i)
+		}
+	}
+	for _, i := range idx {
+		io.WriteString(f.procs[i].in, "go\n")
+	}
+}
+
+// results waits for one line from each of children idx (all when none is
+// given).
+func (f *fleet) results(idx ...int) []string {
+	f.t.Helper()
+	if len(idx) == 0 {
+		for i := range f.procs {
+			idx = append(idx, i)
+		}
+	}
+	lines := make([]string, len(idx))
+	timeout := time.After(60 * time.Second)
+	for k, i := range idx {
+		select {
+		case l, ok := <-f.procs[i].lines:
+			if !ok {
+				f.t.Fatalf("child %d exited: %s", i, f.procs[i].errs.String())
+			}
+			lines[k] = l
+		case <-timeout:
+			f.t.Fatalf("child %d did not answer in time: %s", i, f.procs[i].errs.String())
+		}
+	}
+	return lines
+}
+
+// round runs one round in every child and returns their lines.
+func (f *fleet) round() []string {
+	f.t.Helper()
+	f.start()
+	return f.results()
+}
+
+// kill SIGKILLs child i and waits for it to exit.
+func (f *fleet) kill(i int) {
+	f.procs[i].cmd.Process.Kill()
+	<-f.procs[i].done
+}
+
+// stop ends every child.
+func (f *fleet) stop() {
+	for _, c := range f.procs {
+		c.in.Close()
+	}
+	for _, c := range f.procs {
+		select {
+		case <-c.done:
+		case <-time.After(5 * time.Second):
+			c.cmd.Process.Kill()
+			<-c.done
+		}
+	}
+}

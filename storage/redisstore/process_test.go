@@ -1,0 +1,194 @@
+package redisstore
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tokenkeep/tokenkeep/internal/authserver"
+	"github.com/tokenkeep/tokenkeep/internal/proctest"
+	"github.com/tokenkeep/tokenkeep/tokensource"
+)
+
+// TestProcessesShareOneRefresh: 4 processes of 8 Sources each ask together
+// for an expired session, 20 times over: each time exactly one refresh, no
+// reuse detection, and all 32 get the same valid token.
+func TestProcessesShareOneRefresh(t *testing.T) {
+	shareOneRefresh(t, 4, 8, 20, DefaultLeaseTTL)
+}
+
+// TestRedisFigures logs how many refreshes each expiry costs, and how many
+// reuse detections the provider saw, when N processes share one session
+// through Redis.
+func TestRedisFigures(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		procs, expiries int
+	}{
+		{"N=2", 2, 5},
+		{"N=8", 8, 5},
+		{"N=32", 32, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			grants := shareOneRefresh(t, tc.procs, 1, tc.expiries, DefaultLeaseTTL)
+			var sum int64
+			for _, g := range grants {
+				sum += g
+			}
+			t.Logf("N=%d processes, %d expiries: %.2f refreshes per expiry, 0 reuse detections, %v per expiry",
+				tc.procs, tc.expiries, float64(sum)/float64(len(grants)),
+				(time.Since(start) / time.Duration(tc.expiries)).Round(time.Millisecond))
+		})
+	}
+}
+
+// TestSlowTokenEndpoint: the token endpoint answers after 1 s, more than
+// three times the 300 ms lease. The holder's renewals keep the lease, so
+// the others wait instead of redeeming the same refresh token.
+func TestSlowTokenEndpoint(t *testing.T) {
+	const ttl = 300 * time.Millisecond
+	t.Run("processes", func(t *testing.T) {
+		srv := procServer(t)
+		srv.SetLatency(authserver.EndpointToken, time.Second)
+		sess, st := newSession(t, srv, ttl)
+		f := startFleet(t, sess, 3, 2)
+		expire(t, st)
+		lines := f.round()
+		s := srv.Stats()
+		if s.RefreshGrants != 1 || s.ReuseDetections != 0 {
+			t.Fatalf("refresh grants %d, reuse detections %d; want 1 and 0", s.RefreshGrants, s.ReuseDetections)
+		}
+		sameValidToken(t, srv, lines)
+	})
+	t.Run("stores", func(t *testing.T) {
+		srv := procServer(t)
+		srv.SetLatency(authserver.EndpointToken, time.Second)
+		_, st := newSession(t, srv, ttl)
+		expire(t, st)
+		r, err := tokensource.NewConfigRefresher(proctest.Config(srv.Endpoint().TokenURL), "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stores := make([]*Store, 3)
+		ats := make([]string, len(stores))
+		var wg sync.WaitGroup
+		for i := range stores {
+			// One client and one Store each, as separate processes have.
+			stores[i] = &Store{c: newClient(t, shared.addr), key: st.key, opt: st.opt}
+			wg.Go(func() {
+				src, err := tokensource.New(r, stores[i], entry)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer src.Close()
+				tok, err := src.TokenContext(context.Background())
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ats[i] = tok.AccessToken
+			})
+		}
+		wg.Wait()
+		var renews int64
+		for i, s := range stores {
+			renews += s.renews.Load()
+			if ats[i] != ats[0] {
+				t.Fatalf("store %d's Source got another token than store 0's", i)
+			}
+		}
+		s := srv.Stats()
+		if s.RefreshGrants != 1 || s.ReuseDetections != 0 {
+			t.Fatalf("refresh grants %d, reuse detections %d; want 1 and 0", s.RefreshGrants, s.ReuseDetections)
+		}
+		if renews < 2 {
+			t.Fatalf("the lease was renewed %d times during a 1 s refresh with a %v lease; want at least 2", renews, ttl)
+		}
+	})
+}
+
+// TestProcessKilledMidRefresh SIGKILLs the process that holds the lease and
+// is waiting for the token endpoint, then runs three more.
+//
+// The dead holder's lease stays in Redis until its TTL (1 s here) runs out;
+// the survivors wait for that, and no longer. What they see next depends on
+// whether the killed refresh reached the server. If it did not (the request
+// was still waiting when its client died), the old refresh token is still
+// good: the survivors make one refresh and carry on with one token. If it did
+// (the server rotated the token but the answer never arrived), the new
+// refresh token died with the process and the old one is retired: presenting
+// it trips reuse detection, and the survivors get ErrReauthRequired at once.
+// In both cases the stored token still decodes.
+func TestProcessKilledMidRefresh(t *testing.T) {
+	const ttl = time.Second
+	for _, tc := range []struct {
+		name      string
+		fault     authserver.Fault
+		reached   func(authserver.Stats) bool
+		wantLines string
+	}{
+		{
+			name:      "refresh not processed",
+			fault:     authserver.Fault{Delay: 5 * time.Second},
+			reached:   func(s authserver.Stats) bool { return s.TokenRequests > 0 },
+			wantLines: proctest.OK,
+		},
+		{
+			name:      "refresh processed, answer lost",
+			fault:     authserver.Fault{SlowBody: 5 * time.Second},
+			reached:   func(s authserver.Stats) bool { return s.RefreshGrants > 0 },
+			wantLines: proctest.Reauth,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := procServer(t)
+			sess, st := newSession(t, srv, ttl)
+			expire(t, st)
+			victim := startFleet(t, sess, 1, 1)
+			survivors := startFleet(t, sess, 3, 1)
+			srv.Inject(authserver.EndpointToken, tc.fault)
+
+			victim.start()
+			deadline := time.Now().Add(10 * time.Second)
+			for !tc.reached(srv.Stats()) {
+				if time.Now().After(deadline) {
+					t.Fatal("the first process never reached the token endpoint")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			victim.kill(0)
+			_, lk := st.keys(entry)
+			if n, err := st.c.Exists(context.Background(), lk).Result(); err != nil || n != 1 {
+				t.Fatalf("the dead holder's lease: exists %d, %v; want 1", n, err)
+			}
+
+			start := time.Now()
+			lines := survivors.round()
+			took := time.Since(start)
+			for i, l := range lines {
+				if !strings.HasPrefix(l, tc.wantLines) {
+					t.Fatalf("survivor %d said %q, want %q", i, redactLine(l), tc.wantLines)
+				}
+			}
+			if tc.wantLines == proctest.OK {
+				sameValidToken(t, srv, lines)
+			}
+			if took > ttl+5*time.Second {
+				t.Fatalf("survivors took %v with a %v lease", took, ttl)
+			}
+			if _, err := st.Load(context.Background(), entry); err != nil {
+				t.Fatalf("store after the kill: %v", err)
+			}
+			s := srv.Stats()
+			t.Logf("survivors finished in %v: %s (refresh grants %d, reuse detections %d)",
+				took.Round(time.Millisecond), tc.wantLines, s.RefreshGrants, s.ReuseDetections)
+			if tc.wantLines == proctest.OK && (s.RefreshGrants != 1 || s.ReuseDetections != 0) {
+				t.Fatalf("refresh grants %d, reuse detections %d; want 1 and 0", s.RefreshGrants, s.ReuseDetections)
+			}
+		})
+	}
+}
