@@ -159,7 +159,11 @@ func (r *refresh) redeem(ctx context.Context, base *oauth2.Token) (*oauth2.Token
 			return nil, backoff.Permanent(err)
 		}
 		b.wait = wait
-		s.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "tokensource: refresh attempt failed; retrying",
+		level := slog.LevelWarn
+		if s.ctx.Err() != nil {
+			level = slog.LevelDebug // Close ended it: not a provider problem
+		}
+		s.cfg.logger.LogAttrs(ctx, level, "tokensource: refresh attempt failed; retrying",
 			slog.String("key", s.key), slog.Int("attempt", r.attempts),
 			slog.String("error", describe(err, secretsOf(base))))
 		return nil, err
@@ -293,6 +297,8 @@ func (r *refresh) report(kind EventKind, t *oauth2.Token, err error) {
 		level = slog.LevelDebug
 	case kind == SaveFailed, kind == Failed && !r.background:
 		level = slog.LevelError
+	case kind == Failed && s.ctx.Err() != nil:
+		level = slog.LevelDebug // Close cancelled a background refresh
 	case kind == Failed:
 		level = slog.LevelWarn // the old token is still served
 	}

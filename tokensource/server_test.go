@@ -369,3 +369,40 @@ func collect(errs *[]string, err error) {
 		*errs = append(*errs, err.Error())
 	}
 }
+
+// TestCloseDuringBackgroundRefreshIsQuiet: Close cancels a background
+// refresh; that is not a failure worth a warning.
+func TestCloseDuringBackgroundRefreshIsQuiet(t *testing.T) {
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	logger := slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logs}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	srv := strictServer(t, authserver.Config{AccessTTL: time.Second})
+	s := serverSource(t, srv, storage.NewMemory(), WithLogger(logger))
+	srv.SetLatency(authserver.EndpointToken, 2*time.Second)
+	time.Sleep(800 * time.Millisecond) // into the early-refresh window
+	if _, err := s.Token(); err != nil {
+		t.Fatal(err)
+	}
+	for srv.Stats().TokenRequests == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if logs.Len() != 0 {
+		t.Fatalf("Close during a background refresh logged:\n%s", logs.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
