@@ -113,7 +113,7 @@ type Argon2Params struct {
 
 var (
 	// DefaultArgon2Params are the second recommended option of RFC 9106
-	// (3 passes, 64 MiB, 4 lanes): about 0.35 s on a two-core virtual
+	// (3 passes, 64 MiB, 4 lanes): 0.13 s to 0.35 s on a two-core virtual
 	// machine, paid once per store.
 	DefaultArgon2Params = Argon2Params{Time: 3, MemoryKiB: 64 << 10, Threads: 4}
 

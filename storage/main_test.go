@@ -18,7 +18,13 @@ import (
 const helperEnv = "TOKENKEEP_STORAGE_HELPER"
 
 // secretService is why the real Secret Service is missing, or "".
-var secretServiceMissing string
+// secretServiceErr is why the private Secret Service did not start, if it
+// did not; secretServiceMissing says whether that is because its programs
+// are not installed (tests skip) rather than a failure (tests fail).
+var (
+	secretServiceErr     error
+	secretServiceMissing bool
+)
 
 func TestMain(m *testing.M) {
 	if h := os.Getenv(helperEnv); h != "" {
@@ -31,7 +37,8 @@ func TestMain(m *testing.M) {
 	}
 	stop, err := startSecretService()
 	if err != nil {
-		secretServiceMissing = err.Error()
+		secretServiceErr = err
+		secretServiceMissing = errors.Is(err, secretservice.ErrMissing)
 	}
 	code := m.Run()
 	stop()
@@ -61,8 +68,11 @@ func startSecretService() (stop func(), err error) {
 // started, naming what is missing.
 func needSecretService(t testing.TB) {
 	t.Helper()
-	if secretServiceMissing != "" {
-		t.Skipf("no Secret Service: %s", secretServiceMissing)
+	switch {
+	case secretServiceMissing:
+		t.Skipf("no Secret Service: %v", secretServiceErr)
+	case secretServiceErr != nil:
+		t.Fatalf("the private Secret Service did not start: %v", secretServiceErr)
 	}
 }
 

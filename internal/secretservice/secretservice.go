@@ -92,7 +92,7 @@ func (s *Service) start(ready func(string) error) error {
 	}
 	s.procs = append(s.procs, kd)
 
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		err := ready(s.Address)
 		if err == nil {
