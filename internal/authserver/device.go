@@ -25,17 +25,8 @@ type deviceGrant struct {
 
 // deviceCode starts a device authorization (RFC 8628 section 3.2).
 func (s *Server) deviceCode(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		http.Error(w, "POST only", http.StatusMethodNotAllowed)
-		return
-	}
-	if err := r.ParseForm(); err != nil {
-		writeError(w, &tokenError{http.StatusBadRequest, "invalid_request", "bad form body"})
-		return
-	}
-	client, terr := authenticate(r)
-	if terr != nil {
-		writeError(w, terr)
+	client, ok := postFromClient(w, r)
+	if !ok {
 		return
 	}
 	dc, uc := randomValue("tkdev_"), userCode()

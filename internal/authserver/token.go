@@ -43,21 +43,32 @@ type tokenError struct {
 	desc   string
 }
 
-func (s *Server) token(w http.ResponseWriter, r *http.Request) {
+// postFromClient checks what every endpoint of a client needs: a POST, a
+// form body and client authentication. It answers the error itself.
+func postFromClient(w http.ResponseWriter, r *http.Request) (client string, ok bool) {
 	if r.Method != http.MethodPost {
 		http.Error(w, "POST only", http.StatusMethodNotAllowed)
-		return
+		return "", false
 	}
 	if err := r.ParseForm(); err != nil {
 		writeError(w, &tokenError{http.StatusBadRequest, "invalid_request", "bad form body"})
-		return
+		return "", false
 	}
 	client, terr := authenticate(r)
 	if terr != nil {
 		writeError(w, terr)
+		return "", false
+	}
+	return client, true
+}
+
+func (s *Server) token(w http.ResponseWriter, r *http.Request) {
+	client, ok := postFromClient(w, r)
+	if !ok {
 		return
 	}
 	var body map[string]any
+	var terr *tokenError
 	switch gt := r.PostForm.Get("grant_type"); gt {
 	case "refresh_token":
 		s.stats.refreshGrants.Add(1)
@@ -291,17 +302,8 @@ func (s *Server) ExpireAccessTokens() {
 
 // revoke implements RFC 7009. Unknown tokens are not an error.
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		http.Error(w, "POST only", http.StatusMethodNotAllowed)
-		return
-	}
-	if err := r.ParseForm(); err != nil {
-		writeError(w, &tokenError{http.StatusBadRequest, "invalid_request", "bad form body"})
-		return
-	}
-	client, terr := authenticate(r)
-	if terr != nil {
-		writeError(w, terr)
+	client, ok := postFromClient(w, r)
+	if !ok {
 		return
 	}
 	value := r.PostForm.Get("token")
