@@ -192,12 +192,17 @@ func (s *Source) stateFor(t *oauth2.Token, now time.Time) *state {
 	if t.Expiry.IsZero() {
 		return &state{tok: t, staleAt: never, expireAt: never}
 	}
-	life := t.Expiry.Sub(now)
+	// Round(0) drops the monotonic reading a freshly received Expiry
+	// carries, so that comparisons use the wall clock: the monotonic clock
+	// stands still while the machine sleeps, and a token must not look
+	// fresh to a laptop that wakes up hours after it expired.
+	expiry := t.Expiry.Round(0)
+	life := expiry.Sub(now)
 	if t.ExpiresIn > 0 {
 		life = time.Duration(t.ExpiresIn) * time.Second
 	}
 	life = max(life, 0)
-	expireAt := t.Expiry.Add(-min(s.cfg.expiryDelta, life/10))
+	expireAt := expiry.Add(-min(s.cfg.expiryDelta, life/10))
 	window := min(s.cfg.early, life/4)
 	if window > 0 {
 		window += time.Duration(s.cfg.jitter(int64(window/4) + 1))

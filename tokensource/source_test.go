@@ -91,6 +91,27 @@ func TestShortLivedTokens(t *testing.T) {
 	}
 }
 
+// TestExpiryComparedOnWallClock checks that the deadlines a Source keeps
+// carry no monotonic clock reading. A token received in this process has an
+// Expiry with one (x/oauth2 computes it from time.Now), and comparing two
+// such times ignores the wall clock; but the monotonic clock stops while the
+// machine sleeps, so after a night of suspend the token would still look
+// fresh. Time offers no way to build that situation in a test, so the check
+// is on the deadlines themselves.
+func TestExpiryComparedOnWallClock(t *testing.T) {
+	s := newTestSource(t, &fakeProvider{clock: newClock()}, storage.NewMemory(), nil)
+	tok := &oauth2.Token{AccessToken: "tkat_mono", Expiry: time.Now().Add(time.Hour)}
+	if tok.Expiry == tok.Expiry.Round(0) {
+		t.Fatal("test token has no monotonic reading to strip")
+	}
+	st := s.stateFor(tok, time.Now())
+	for name, at := range map[string]time.Time{"staleAt": st.staleAt, "expireAt": st.expireAt} {
+		if at != at.Round(0) {
+			t.Errorf("%s carries a monotonic reading: %v", name, at)
+		}
+	}
+}
+
 // TestNoRefreshLoop checks that a provider answering with a token shorter
 // than the early-refresh window does not cause a refresh on every call.
 func TestNoRefreshLoop(t *testing.T) {
