@@ -41,9 +41,13 @@
 //
 // Writes go to a temporary file in the same directory, which is synced and
 // renamed over the entry, and the directory is then synced: after a crash
-// the entry holds the old token or the new one. A file owned by another
-// user, or accessible to group or others, is refused on Unix. On Windows,
-// files rely on the access list inherited from the user's profile directory.
+// the entry holds the old token or the new one. A writer killed before the
+// rename leaves its temporary file (encrypted like the entry); the next save
+// of that entry removes such files once they are ten minutes old.
+//
+// A file owned by another user, or accessible to group or others, is
+// refused on Unix. On Windows, files rely on the access list inherited from
+// the user's profile directory.
 //
 // # Errors
 //

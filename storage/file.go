@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"golang.org/x/oauth2"
 )
@@ -151,15 +153,47 @@ func (f *File) Save(ctx context.Context, key string, t *oauth2.Token) error {
 	if err != nil {
 		return f.errorf(key, "encrypt", err)
 	}
-	if err := writeAtomic(f.dir, fileName(key), b); err != nil {
+	name := fileName(key)
+	if err := writeAtomic(f.dir, name, b); err != nil {
 		return f.errorf(key, "save", err)
 	}
+	removeStaleTemps(f.dir, name, time.Now())
 	return nil
+}
+
+// staleTemp is the age after which a temporary file is taken to be left by
+// a writer that crashed between creating and renaming it. A live write takes
+// milliseconds; the margin keeps a stalled one in another process safe.
+const staleTemp = 10 * time.Minute
+
+// tempPrefix starts the names of name's temporary files.
+func tempPrefix(name string) string { return "." + name + ".tmp-" }
+
+// removeStaleTemps deletes the temporary files of name that crashed writers
+// left behind, so that they do not pile up. It is best effort: a file it
+// cannot remove now is tried again on the next save.
+func removeStaleTemps(dir, name string, now time.Time) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	prefix := tempPrefix(name)
+	for _, n := range names {
+		if !strings.HasPrefix(n, prefix) {
+			continue
+		}
+		p := filepath.Join(dir, n)
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() && now.Sub(fi.ModTime()) > staleTemp {
+			os.Remove(p)
+		}
+	}
 }
 
 // writeAtomic replaces dir/name with b.
 func writeAtomic(dir, name string, b []byte) (err error) {
-	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*") // mode 0600
+	tmp, err := os.CreateTemp(dir, tempPrefix(name)+"*") // mode 0600
 	if err != nil {
 		return err
 	}

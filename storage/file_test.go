@@ -347,6 +347,38 @@ func TestFileTargetIsADirectory(t *testing.T) {
 	}
 }
 
+// TestFileSaveRemovesStaleTemps checks that a save sweeps up the temporary
+// files crashed writers left, and leaves alone one that may belong to a
+// write in progress and the files of other entries.
+func TestFileSaveRemovesStaleTemps(t *testing.T) {
+	f := newFileStore(t, mustRaw(t, testKey()))
+	dir := f.Dir()
+	old := time.Now().Add(-staleTemp - time.Minute)
+	stale := filepath.Join(dir, tempPrefix(fileName("e"))+"111")
+	recent := filepath.Join(dir, tempPrefix(fileName("e"))+"222")
+	other := filepath.Join(dir, tempPrefix(fileName("other"))+"333")
+	for _, p := range []string{stale, recent, other} {
+		writeFile(t, p, []byte("half a token"))
+	}
+	for _, p := range []string{stale, other} {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Save(bg, "e", sampleToken()); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]bool{stale: false, recent: true, other: true} {
+		_, err := os.Lstat(p)
+		if got := err == nil; got != want {
+			t.Errorf("%s: exists = %v, want %v", filepath.Base(p), got, want)
+		}
+	}
+	if _, err := f.Load(bg, "e"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestFilePermissionsChecked(t *testing.T) {
 	f := newFileStore(t, mustRaw(t, testKey()))
 	if err := f.Save(bg, "e", sampleToken()); err != nil {

@@ -82,7 +82,21 @@ func TestFileCrashSafety(t *testing.T) {
 			last = got.AccessToken
 		}
 	}
-	t.Logf("%d processes killed while saving (%d of them after changing the entry); the entry decoded to a complete token every time", kills, progressed)
+	// Crashed writers leave temporary files; once they are old enough, the
+	// next save removes them all.
+	temps, _ := filepath.Glob(filepath.Join(dir, tempPrefix(fileName("e"))+"*"))
+	old := time.Now().Add(-staleTemp - time.Minute)
+	for _, p := range temps {
+		os.Chtimes(p, old, old)
+	}
+	if err := f.Save(bg, "e", pairToken(kills+1)); err != nil {
+		t.Fatal(err)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, tempPrefix(fileName("e"))+"*"))
+	if len(left) != 0 {
+		t.Errorf("%d temporary files left after a save, want 0", len(left))
+	}
+	t.Logf("%d processes killed while saving (%d of them after changing the entry); the entry decoded to a complete token every time; %d temporary files left by the killed writers were removed by the next save", kills, progressed, len(temps))
 }
 
 func helperHoldLock(dir string) error {
