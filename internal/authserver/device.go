@@ -45,7 +45,7 @@ func (s *Server) deviceCode(w http.ResponseWriter, r *http.Request) {
 		"user_code":                 uc,
 		"verification_uri":          verify,
 		"verification_uri_complete": verify + "?user_code=" + url.QueryEscape(uc),
-		"expires_in":                int64(s.cfg.DeviceTTL / time.Second),
+		"expires_in":                wholeSeconds(s.cfg.DeviceTTL),
 		"interval":                  max(int64(s.cfg.DeviceInterval/time.Second), 1),
 	})
 }
@@ -76,7 +76,7 @@ func (s *Server) decide(userCode string, approve bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.devices[s.users[userCode]]
-	if !ok {
+	if !ok || !s.now().Before(g.expiry) {
 		return errors.New("authserver: no pending device authorization with that user code")
 	}
 	g.approved, g.denied = approve, !approve
@@ -95,9 +95,11 @@ func (s *Server) deviceGrant(client string, form url.Values) (map[string]any, *t
 	case !ok || g.client != client:
 		return nil, invalidGrant("unknown device code")
 	case !now.Before(g.expiry):
+		delete(s.users, g.userCode) // the user code can no longer be approved
 		return nil, pending("expired_token")
 	case g.denied:
 		delete(s.devices, dc)
+		delete(s.users, g.userCode)
 		return nil, pending("access_denied")
 	case !g.lastPoll.IsZero() && now.Sub(g.lastPoll) < g.interval:
 		g.lastPoll = now

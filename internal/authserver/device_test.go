@@ -234,6 +234,12 @@ func TestDevicePolling(t *testing.T) {
 		wantPoll(t, pollDevice(t, srv, dc, public), "access_denied")
 		clock.Advance(interval)
 		wantPoll(t, pollDevice(t, srv, dc, public), "invalid_grant")
+		if err := srv.ApproveDevice(uc); err == nil {
+			t.Error("ApproveDevice of a denied and answered user code succeeded")
+		}
+		if n := len(srv.users); n != 0 {
+			t.Errorf("%d user codes still held after the denial was answered", n)
+		}
 	})
 
 	t.Run("expired", func(t *testing.T) {
@@ -247,7 +253,13 @@ func TestDevicePolling(t *testing.T) {
 				}
 			}
 			clock.Advance(time.Minute)
+			if err := srv.ApproveDevice(uc); err == nil {
+				t.Error("ApproveDevice of an expired user code succeeded")
+			}
 			wantPoll(t, pollDevice(t, srv, dc, public), "expired_token")
+			if n := len(srv.users); n != 0 {
+				t.Errorf("%d user codes still held after expiry was answered", n)
+			}
 		}
 	})
 

@@ -15,9 +15,10 @@ const realm = `Bearer realm="tokenkeep-test"`
 // bearer authenticates a resource request. It writes the RFC 6750 answer
 // and returns false when the request may not proceed.
 func (s *Server) bearer(w http.ResponseWriter, r *http.Request, scope string) (*accessToken, bool) {
-	auth := r.Header.Get("Authorization")
-	value, ok := strings.CutPrefix(auth, "Bearer ")
-	if !ok || value == "" {
+	// The scheme is case-insensitive (RFC 7235 section 2.1).
+	scheme, value, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	value = strings.TrimLeft(value, " ")
+	if !strings.EqualFold(scheme, "Bearer") || value == "" {
 		s.stats.resourceUnauthorized.Add(1)
 		w.Header().Set("WWW-Authenticate", realm)
 		http.Error(w, "no bearer token", http.StatusUnauthorized)

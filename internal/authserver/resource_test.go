@@ -149,6 +149,10 @@ func TestResource(t *testing.T) {
 	}{
 		{name: "valid", url: srv.ResourceURL(), header: "Bearer " + tok.AccessToken, status: 200, sub: "carol", scope: "read"},
 		{name: "userinfo", url: srv.UserinfoURL(), header: "Bearer " + tok.AccessToken, status: 200, sub: "carol"},
+		// RFC 7235 section 2.1: the scheme is case-insensitive.
+		{name: "lower-case scheme", url: srv.ResourceURL(), header: "bearer " + tok.AccessToken, status: 200, sub: "carol", scope: "read"},
+		{name: "upper-case scheme, two spaces", url: srv.ResourceURL(), header: "BEARER  " + tok.AccessToken, status: 200, sub: "carol", scope: "read"},
+		{name: "scheme as a prefix", url: srv.ResourceURL(), header: "Bearerx " + tok.AccessToken, status: 401, challenge: []string{realm}, noError: true},
 		{name: "admin with scope", url: srv.ResourceURL() + "/admin", header: "Bearer " + admin.AccessToken, status: 200, sub: "carol", scope: "read admin"},
 		// RFC 6750 section 3.1: no credentials, no error code.
 		{name: "no token", url: srv.ResourceURL(), status: 401, challenge: []string{realm}, noError: true},

@@ -44,7 +44,7 @@ const (
 // Config sets the server's behaviour. The zero value issues one-hour access
 // tokens and non-expiring, non-rotating refresh tokens.
 type Config struct {
-	AccessTTL  time.Duration    // lifetime of access tokens; 0 means 1h
+	AccessTTL  time.Duration    // lifetime of access tokens; 0 means 1h; expires_in states it rounded up to whole seconds
 	RefreshTTL time.Duration    // lifetime of refresh tokens; 0 means no expiry
 	Rotate     bool             // issue a new refresh token on every refresh and retire the old one
 	Now        func() time.Time // the server's clock; nil means time.Now

@@ -1082,6 +1082,33 @@ func TestClientCredentials(t *testing.T) {
 	}
 }
 
+// TestExpiresInWholeSeconds checks that expires_in never announces 0 (no
+// stated lifetime) for a lifetime under a second, and rounds up otherwise.
+func TestExpiresInWholeSeconds(t *testing.T) {
+	for _, tc := range []struct {
+		ttl  time.Duration
+		want float64
+	}{
+		{time.Millisecond, 1},
+		{800 * time.Millisecond, 1},
+		{time.Second, 1},
+		{1500 * time.Millisecond, 2},
+		{time.Hour, 3600},
+	} {
+		srv := newServer(t, Config{AccessTTL: tc.ttl})
+		r := post(t, srv, EndpointToken, url.Values{"grant_type": {"client_credentials"}}, confidential)
+		if r.status != http.StatusOK {
+			t.Fatalf("%v: got %d %s", tc.ttl, r.status, r.body)
+		}
+		if got := r.json(t)["expires_in"]; got != tc.want {
+			t.Errorf("AccessTTL %v: expires_in %v, want %v", tc.ttl, got, tc.want)
+		}
+		if got := srv.Mint("read").ExpiresIn; got != int64(tc.want) {
+			t.Errorf("AccessTTL %v: Mint ExpiresIn %d, want %v", tc.ttl, got, tc.want)
+		}
+	}
+}
+
 func TestMint(t *testing.T) {
 	srv := newServer(t, Config{Subject: "bob"})
 	tok := srv.Mint("openid", "read")

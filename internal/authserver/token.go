@@ -181,7 +181,7 @@ func (s *Server) issueLocked(fam *family, scopes []string, withRefresh bool) map
 	body := map[string]any{
 		"access_token": at,
 		"token_type":   "Bearer",
-		"expires_in":   int64(s.cfg.AccessTTL / time.Second),
+		"expires_in":   wholeSeconds(s.cfg.AccessTTL),
 		"scope":        strings.Join(scopes, " "),
 	}
 	if withRefresh {
@@ -327,4 +327,11 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 func s256(verifier string) string {
 	sum := sha256.Sum256([]byte(verifier))
 	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// wholeSeconds is d as expires_in states it: in whole seconds, rounded up,
+// so that a lifetime under a second is announced as 1 and not as 0, which
+// clients read as "no stated lifetime".
+func wholeSeconds(d time.Duration) int64 {
+	return int64((d + time.Second - 1) / time.Second)
 }
