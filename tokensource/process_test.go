@@ -67,32 +67,6 @@ func runTogether(t *testing.T, c proctest.Child, n int) []string {
 	return g.Wait()
 }
 
-// sameValidToken checks that every child printed the same access token and
-// that the server honours it.
-func sameValidToken(t *testing.T, srv *authserver.Server, lines []string) {
-	t.Helper()
-	for i, l := range lines {
-		if l != lines[0] {
-			t.Fatalf("child %d said %q, child 0 said %q", i, redactLine(l), redactLine(lines[0]))
-		}
-	}
-	at, ok := strings.CutPrefix(lines[0], proctest.OK+" ")
-	if !ok {
-		t.Fatalf("children said %q", redactLine(lines[0]))
-	}
-	if !srv.AccessTokenActive(at) {
-		t.Fatal("the children's access token is not valid at the server")
-	}
-}
-
-// redactLine keeps a child's outcome and drops its token.
-func redactLine(l string) string {
-	if strings.HasPrefix(l, proctest.OK+" ") {
-		return proctest.OK + " <token>"
-	}
-	return l
-}
-
 func testProcessesShareOneRefresh(t *testing.T, mode string, procs, expiries int) {
 	srv := procServer(t)
 	child := procEnv(t, srv, mode)
@@ -111,7 +85,9 @@ func testProcessesShareOneRefresh(t *testing.T, mode string, procs, expiries int
 		if after.ReuseDetections != 0 {
 			t.Fatalf("expiry %d: %d reuse detections", round, after.ReuseDetections)
 		}
-		sameValidToken(t, srv, lines)
+		if err := proctest.SameValidToken(srv, lines); err != nil {
+			t.Fatalf("expiry %d: %v", round, err)
+		}
 	}
 }
 
@@ -206,11 +182,13 @@ func TestProcessKilledMidRefresh(t *testing.T) {
 			took := time.Since(start)
 			for i, l := range lines {
 				if !strings.HasPrefix(l, tc.wantLines) {
-					t.Fatalf("survivor %d said %q, want %q", i, redactLine(l), tc.wantLines)
+					t.Fatalf("survivor %d said %q, want %q", i, proctest.Redact(l), tc.wantLines)
 				}
 			}
 			if tc.wantLines == proctest.OK {
-				sameValidToken(t, srv, lines)
+				if err := proctest.SameValidToken(srv, lines); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if took > 10*time.Second {
 				t.Fatalf("survivors took %v", took)
@@ -269,7 +247,9 @@ func TestProcessInvalidGrantRecovery(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	lines := runTogether(t, child, 1) // rotates while this process's request waits
-	sameValidToken(t, srv, lines)
+	if err := proctest.SameValidToken(srv, lines); err != nil {
+		t.Fatal(err)
+	}
 
 	res := <-done
 	if res.err != nil {

@@ -1,7 +1,8 @@
-// Package proctest is the child side of tokenkeep's multi-process tests and
-// measurements: a process that opens a shared store, asks for a token once,
-// prints what it got and exits. Tests and the procbench program start many
-// of these at once against the embedded authorization server.
+// Package proctest is tokenkeep's multi-process test harness. Its child side
+// is a process that opens a shared store, asks for a token once, prints what
+// it got and exits; its parent side primes the store, starts many children
+// at once against the embedded authorization server and checks what they
+// printed. The process tests and the procbench program share it.
 package proctest
 
 import (
@@ -256,3 +257,32 @@ func (g *Group) Wait() []string {
 
 // Process returns the i-th child's process, to signal it.
 func (g *Group) Process(i int) *os.Process { return g.cmds[i].Process }
+
+// SameValidToken checks that every child printed the same access token and
+// that srv honours it. Its errors name outcomes, never tokens.
+func SameValidToken(srv *authserver.Server, lines []string) error {
+	if len(lines) == 0 {
+		return errors.New("no child said anything")
+	}
+	for i, l := range lines {
+		if l != lines[0] {
+			return fmt.Errorf("child %d said %q, child 0 said %q", i, Redact(l), Redact(lines[0]))
+		}
+	}
+	at, ok := strings.CutPrefix(lines[0], OK+" ")
+	if !ok {
+		return fmt.Errorf("children said %q", Redact(lines[0]))
+	}
+	if !srv.AccessTokenActive(at) {
+		return errors.New("the children's access token is not valid at the server")
+	}
+	return nil
+}
+
+// Redact keeps a child's outcome and drops its token.
+func Redact(line string) string {
+	if strings.HasPrefix(line, OK+" ") {
+		return OK + " <token>"
+	}
+	return line
+}

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -94,32 +93,6 @@ func expire(t testing.TB, st *Store) {
 	}
 }
 
-// sameValidToken checks that every child printed the same access token and
-// that the server honours it.
-func sameValidToken(t testing.TB, srv *authserver.Server, lines []string) {
-	t.Helper()
-	for i, l := range lines {
-		if l != lines[0] {
-			t.Fatalf("child %d said %q, child 0 said %q", i, redactLine(l), redactLine(lines[0]))
-		}
-	}
-	at, ok := strings.CutPrefix(lines[0], proctest.OK+" ")
-	if !ok {
-		t.Fatalf("children said %q", redactLine(lines[0]))
-	}
-	if !srv.AccessTokenActive(at) {
-		t.Fatal("the children's access token is not valid at the server")
-	}
-}
-
-// redactLine keeps a child's outcome and drops its token.
-func redactLine(l string) string {
-	if strings.HasPrefix(l, proctest.OK+" ") {
-		return proctest.OK + " <token>"
-	}
-	return l
-}
-
 // shareOneRefresh runs expiries rounds of procs children with goroutines
 // Sources each on an expired session, checks that each round made exactly
 // one refresh, no reuse detection and no failed call, and returns the
@@ -142,7 +115,9 @@ func shareOneRefresh(t testing.TB, procs, goroutines, expiries int, leaseTTL tim
 		if after.ReuseDetections != 0 {
 			t.Fatalf("expiry %d: %d reuse detections", round, after.ReuseDetections)
 		}
-		sameValidToken(t, srv, lines)
+		if err := proctest.SameValidToken(srv, lines); err != nil {
+			t.Fatalf("expiry %d: %v", round, err)
+		}
 	}
 	return grants
 }

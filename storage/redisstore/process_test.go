@@ -61,7 +61,9 @@ func TestSlowTokenEndpoint(t *testing.T) {
 		if s.RefreshGrants != 1 || s.ReuseDetections != 0 {
 			t.Fatalf("refresh grants %d, reuse detections %d; want 1 and 0", s.RefreshGrants, s.ReuseDetections)
 		}
-		sameValidToken(t, srv, lines)
+		if err := proctest.SameValidToken(srv, lines); err != nil {
+			t.Fatal(err)
+		}
 	})
 	t.Run("stores", func(t *testing.T) {
 		srv := procServer(t)
@@ -171,11 +173,13 @@ func TestProcessKilledMidRefresh(t *testing.T) {
 			took := time.Since(start)
 			for i, l := range lines {
 				if !strings.HasPrefix(l, tc.wantLines) {
-					t.Fatalf("survivor %d said %q, want %q", i, redactLine(l), tc.wantLines)
+					t.Fatalf("survivor %d said %q, want %q", i, proctest.Redact(l), tc.wantLines)
 				}
 			}
 			if tc.wantLines == proctest.OK {
-				sameValidToken(t, srv, lines)
+				if err := proctest.SameValidToken(srv, lines); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if took > ttl+5*time.Second {
 				t.Fatalf("survivors took %v with a %v lease", took, ttl)
