@@ -127,52 +127,25 @@ func TestProcessesShareOneRefreshKeyring(t *testing.T) {
 // is waiting for the token endpoint, then runs seven more.
 //
 // What the survivors see depends on whether the killed refresh reached the
-// server. If it did not (the request was still waiting when its client
-// died), the old refresh token is still good: the survivors make one refresh
-// and carry on. If it did (the server rotated the token but the answer never
-// arrived), the new refresh token died with the process and the old one is
-// retired: presenting it trips reuse detection, and the survivors get
-// ErrReauthRequired at once. In neither case does anyone wait beyond the
+// server (see proctest.Kills). In neither case does anyone wait beyond the
 // killed process's exit, and the store always decodes.
 func TestProcessKilledMidRefresh(t *testing.T) {
-	for _, tc := range []struct {
-		name      string
-		fault     authserver.Fault
-		reached   func(authserver.Stats) bool
-		wantLines string
-	}{
-		{
-			name:      "refresh not processed",
-			fault:     authserver.Fault{Delay: 5 * time.Second},
-			reached:   func(s authserver.Stats) bool { return s.TokenRequests > 0 },
-			wantLines: proctest.OK,
-		},
-		{
-			name:      "refresh processed, answer lost",
-			fault:     authserver.Fault{SlowBody: 5 * time.Second},
-			reached:   func(s authserver.Stats) bool { return s.RefreshGrants > 0 },
-			wantLines: proctest.Reauth,
-		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, tc := range proctest.Kills {
+		t.Run(tc.Name, func(t *testing.T) {
 			srv := procServer(t)
 			child := procEnv(t, srv, proctest.ModeFile)
 			dir := strings.TrimPrefix(child.Env[1], proctest.EnvDir+"=")
 			ctx := context.Background()
 			proctest.Expire(ctx, proctest.ModeFile, dir)
-			srv.Inject(authserver.EndpointToken, tc.fault)
+			srv.Inject(authserver.EndpointToken, tc.Fault)
 
 			victim, err := child.Start(1)
 			if err != nil {
 				t.Fatal(err)
 			}
 			victim.Release()
-			deadline := time.Now().Add(10 * time.Second)
-			for !tc.reached(srv.Stats()) {
-				if time.Now().After(deadline) {
-					t.Fatal("the first process never reached the token endpoint")
-				}
-				time.Sleep(5 * time.Millisecond)
+			if err := tc.Await(srv); err != nil {
+				t.Fatal(err)
 			}
 			victim.Process(0).Kill()
 			victim.Wait()
@@ -180,15 +153,8 @@ func TestProcessKilledMidRefresh(t *testing.T) {
 			start := time.Now()
 			lines := runTogether(t, child, 7)
 			took := time.Since(start)
-			for i, l := range lines {
-				if !strings.HasPrefix(l, tc.wantLines) {
-					t.Fatalf("survivor %d said %q, want %q", i, proctest.Redact(l), tc.wantLines)
-				}
-			}
-			if tc.wantLines == proctest.OK {
-				if err := proctest.SameValidToken(srv, lines); err != nil {
-					t.Fatal(err)
-				}
+			if err := tc.CheckSurvivors(srv, lines); err != nil {
+				t.Fatal(err)
 			}
 			if took > 10*time.Second {
 				t.Fatalf("survivors took %v", took)
@@ -198,7 +164,7 @@ func TestProcessKilledMidRefresh(t *testing.T) {
 				t.Fatalf("store after the kill: %v", err)
 			}
 			t.Logf("survivors finished in %v: %s (refresh grants %d, reuse detections %d)",
-				took.Round(time.Millisecond), tc.wantLines, srv.Stats().RefreshGrants, srv.Stats().ReuseDetections)
+				took.Round(time.Millisecond), tc.Want, srv.Stats().RefreshGrants, srv.Stats().ReuseDetections)
 		})
 	}
 }

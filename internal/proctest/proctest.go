@@ -286,3 +286,59 @@ func Redact(line string) string {
 	}
 	return line
 }
+
+// A Kill is a moment at which a child holding the refresh lock is killed,
+// and what the children after it must then print.
+type Kill struct {
+	Name    string
+	Fault   authserver.Fault            // injected at the token endpoint, to hold the victim there
+	Reached func(authserver.Stats) bool // the victim's refresh has got this far
+	Want    string                      // what every survivor prints first: OK or Reauth
+}
+
+// Kills are the two moments that matter. Before the server processed the
+// refresh, the old refresh token is still good, so the survivors refresh once
+// and carry on. After it processed the refresh but before the answer arrived,
+// the rotated refresh token died with the victim and the old one is retired,
+// so presenting it trips reuse detection and the survivors must re-login.
+var Kills = []Kill{
+	{
+		Name:    "refresh not processed",
+		Fault:   authserver.Fault{Delay: 5 * time.Second},
+		Reached: func(s authserver.Stats) bool { return s.TokenRequests > 0 },
+		Want:    OK,
+	},
+	{
+		Name:    "refresh processed, answer lost",
+		Fault:   authserver.Fault{SlowBody: 5 * time.Second},
+		Reached: func(s authserver.Stats) bool { return s.RefreshGrants > 0 },
+		Want:    Reauth,
+	},
+}
+
+// Await waits, for up to 10 seconds, until the victim's refresh has reached
+// the moment k kills it at.
+func (k Kill) Await(srv *authserver.Server) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for !k.Reached(srv.Stats()) {
+		if time.Now().After(deadline) {
+			return errors.New("the victim never reached the token endpoint")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return nil
+}
+
+// CheckSurvivors checks that every survivor printed k.Want and, when that is
+// OK, that they all hold the same valid token.
+func (k Kill) CheckSurvivors(srv *authserver.Server, lines []string) error {
+	for i, l := range lines {
+		if !strings.HasPrefix(l, k.Want) {
+			return fmt.Errorf("survivor %d said %q, want %q", i, Redact(l), k.Want)
+		}
+	}
+	if k.Want == OK {
+		return SameValidToken(srv, lines)
+	}
+	return nil
+}

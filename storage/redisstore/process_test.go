@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -118,49 +117,22 @@ func TestSlowTokenEndpoint(t *testing.T) {
 //
 // The dead holder's lease stays in Redis until its TTL (1 s here) runs out;
 // the survivors wait for that, and no longer. What they see next depends on
-// whether the killed refresh reached the server. If it did not (the request
-// was still waiting when its client died), the old refresh token is still
-// good: the survivors make one refresh and carry on with one token. If it did
-// (the server rotated the token but the answer never arrived), the new
-// refresh token died with the process and the old one is retired: presenting
-// it trips reuse detection, and the survivors get ErrReauthRequired at once.
-// In both cases the stored token still decodes.
+// whether the killed refresh reached the server (see proctest.Kills). In
+// both cases the stored token still decodes.
 func TestProcessKilledMidRefresh(t *testing.T) {
 	const ttl = time.Second
-	for _, tc := range []struct {
-		name      string
-		fault     authserver.Fault
-		reached   func(authserver.Stats) bool
-		wantLines string
-	}{
-		{
-			name:      "refresh not processed",
-			fault:     authserver.Fault{Delay: 5 * time.Second},
-			reached:   func(s authserver.Stats) bool { return s.TokenRequests > 0 },
-			wantLines: proctest.OK,
-		},
-		{
-			name:      "refresh processed, answer lost",
-			fault:     authserver.Fault{SlowBody: 5 * time.Second},
-			reached:   func(s authserver.Stats) bool { return s.RefreshGrants > 0 },
-			wantLines: proctest.Reauth,
-		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, tc := range proctest.Kills {
+		t.Run(tc.Name, func(t *testing.T) {
 			srv := procServer(t)
 			sess, st := newSession(t, srv, ttl)
 			expire(t, st)
 			victim := startFleet(t, sess, 1, 1)
 			survivors := startFleet(t, sess, 3, 1)
-			srv.Inject(authserver.EndpointToken, tc.fault)
+			srv.Inject(authserver.EndpointToken, tc.Fault)
 
 			victim.start()
-			deadline := time.Now().Add(10 * time.Second)
-			for !tc.reached(srv.Stats()) {
-				if time.Now().After(deadline) {
-					t.Fatal("the first process never reached the token endpoint")
-				}
-				time.Sleep(5 * time.Millisecond)
+			if err := tc.Await(srv); err != nil {
+				t.Fatal(err)
 			}
 			victim.kill(0)
 			_, lk := st.keys(entry)
@@ -171,15 +143,8 @@ func TestProcessKilledMidRefresh(t *testing.T) {
 			start := time.Now()
 			lines := survivors.round()
 			took := time.Since(start)
-			for i, l := range lines {
-				if !strings.HasPrefix(l, tc.wantLines) {
-					t.Fatalf("survivor %d said %q, want %q", i, proctest.Redact(l), tc.wantLines)
-				}
-			}
-			if tc.wantLines == proctest.OK {
-				if err := proctest.SameValidToken(srv, lines); err != nil {
-					t.Fatal(err)
-				}
+			if err := tc.CheckSurvivors(srv, lines); err != nil {
+				t.Fatal(err)
 			}
 			if took > ttl+5*time.Second {
 				t.Fatalf("survivors took %v with a %v lease", took, ttl)
@@ -189,8 +154,8 @@ func TestProcessKilledMidRefresh(t *testing.T) {
 			}
 			s := srv.Stats()
 			t.Logf("survivors finished in %v: %s (refresh grants %d, reuse detections %d)",
-				took.Round(time.Millisecond), tc.wantLines, s.RefreshGrants, s.ReuseDetections)
-			if tc.wantLines == proctest.OK && (s.RefreshGrants != 1 || s.ReuseDetections != 0) {
+				took.Round(time.Millisecond), tc.Want, s.RefreshGrants, s.ReuseDetections)
+			if tc.Want == proctest.OK && (s.RefreshGrants != 1 || s.ReuseDetections != 0) {
 				t.Fatalf("refresh grants %d, reuse detections %d; want 1 and 0", s.RefreshGrants, s.ReuseDetections)
 			}
 		})
