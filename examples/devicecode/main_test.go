@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,11 +10,11 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tokenkeep/tokenkeep/internal/authserver"
+	"github.com/tokenkeep/tokenkeep/internal/syncbuf"
 	"github.com/tokenkeep/tokenkeep/storage"
 )
 
@@ -23,25 +22,6 @@ func init() {
 	// The provider's intervals count hundredths of seconds instead of
 	// seconds, so that a login takes milliseconds.
 	pollUnit = 10 * time.Millisecond
-}
-
-// syncBuffer is a bytes.Buffer that a running program writes to while the
-// test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // result is what one run of the program produced.
@@ -95,7 +75,7 @@ func (h *harness) args(cmd string, extra ...string) []string {
 // run runs the program to completion.
 func (h *harness) run(args ...string) result {
 	h.t.Helper()
-	var out, errs syncBuffer
+	var out, errs syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	code := run(ctx, args, &out, &errs, envLookup)
@@ -111,9 +91,9 @@ var codeRE = regexp.MustCompile(`enter the code: (\S+)`)
 
 // startLogin runs login in the background and returns the user code it
 // shows, and a channel for the outcome.
-func (h *harness) startLogin(args ...string) (string, *syncBuffer, <-chan result) {
+func (h *harness) startLogin(args ...string) (string, *syncbuf.Buffer, <-chan result) {
 	h.t.Helper()
-	var out, errs syncBuffer
+	var out, errs syncbuf.Buffer
 	done := make(chan result, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	go func() {

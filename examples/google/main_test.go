@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,32 +10,13 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tokenkeep/tokenkeep/internal/authserver"
+	"github.com/tokenkeep/tokenkeep/internal/syncbuf"
 	"github.com/tokenkeep/tokenkeep/storage"
 )
-
-// syncBuffer is a bytes.Buffer that the program writes to while the test
-// reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // result is what one run produced.
 type result struct {
@@ -81,8 +61,8 @@ func (h *harness) args(extra ...string) []string {
 }
 
 // start runs the program in the background.
-func (h *harness) start(args ...string) (*syncBuffer, <-chan result) {
-	var out, errs syncBuffer
+func (h *harness) start(args ...string) (*syncbuf.Buffer, <-chan result) {
+	var out, errs syncbuf.Buffer
 	done := make(chan result, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	go func() {
@@ -96,7 +76,7 @@ func (h *harness) start(args ...string) (*syncBuffer, <-chan result) {
 var urlRE = regexp.MustCompile(`(?m)^  (http://\S+/authorize\?\S+)$`)
 
 // authURL waits for the sign-in URL the program prints.
-func (h *harness) authURL(out *syncBuffer, done <-chan result) *url.URL {
+func (h *harness) authURL(out *syncbuf.Buffer, done <-chan result) *url.URL {
 	h.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {

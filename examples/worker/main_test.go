@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,27 +15,9 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/tokenkeep/tokenkeep/internal/authserver"
+	"github.com/tokenkeep/tokenkeep/internal/syncbuf"
 	"github.com/tokenkeep/tokenkeep/storage"
 )
-
-// syncBuffer is a bytes.Buffer that the worker writes to while the test
-// reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // record is one JSON log line.
 type record map[string]any
@@ -90,15 +70,15 @@ func (h *harness) args(extra ...string) []string {
 }
 
 // start runs the worker in the background with ctx.
-func (h *harness) start(ctx context.Context, args ...string) (*syncBuffer, <-chan int) {
-	logs := new(syncBuffer)
+func (h *harness) start(ctx context.Context, args ...string) (*syncbuf.Buffer, <-chan int) {
+	logs := new(syncbuf.Buffer)
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, args, new(syncBuffer), logs, os.Getenv) }()
+	go func() { done <- run(ctx, args, new(syncbuf.Buffer), logs, os.Getenv) }()
 	return logs, done
 }
 
 // wait returns the exit code, or fails after timeout.
-func (h *harness) wait(done <-chan int, logs *syncBuffer, timeout time.Duration) int {
+func (h *harness) wait(done <-chan int, logs *syncbuf.Buffer, timeout time.Duration) int {
 	h.t.Helper()
 	select {
 	case code := <-done:
@@ -110,7 +90,7 @@ func (h *harness) wait(done <-chan int, logs *syncBuffer, timeout time.Duration)
 }
 
 // waitFor waits until the logs hold n records with message msg.
-func (h *harness) waitFor(logs *syncBuffer, msg string, n int) {
+func (h *harness) waitFor(logs *syncbuf.Buffer, msg string, n int) {
 	h.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -257,7 +237,7 @@ func TestNothingStored(t *testing.T) {
 }
 
 // assertReauthLogged checks for the ERROR record that asks for a new login.
-func assertReauthLogged(t *testing.T, h *harness, logs *syncBuffer) {
+func assertReauthLogged(t *testing.T, h *harness, logs *syncbuf.Buffer) {
 	t.Helper()
 	for _, r := range h.records(logs.String(), "") {
 		if r.level() == "ERROR" && strings.Contains(r.msg(), "log in again") {
@@ -300,8 +280,8 @@ func TestUsage(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv(keyEnv, tc.key)
 			t.Setenv(secretEnv, "env-secret-value")
-			var stderr syncBuffer
-			code := run(context.Background(), tc.args, new(syncBuffer), &stderr, os.Getenv)
+			var stderr syncbuf.Buffer
+			code := run(context.Background(), tc.args, new(syncbuf.Buffer), &stderr, os.Getenv)
 			if code != tc.want {
 				t.Errorf("exit %d, want %d; stderr:\n%s", code, tc.want, &stderr)
 			}

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenkeep/tokenkeep/internal/proctest"
+	"github.com/tokenkeep/tokenkeep/internal/syncbuf"
 	"github.com/tokenkeep/tokenkeep/storage"
 	"github.com/tokenkeep/tokenkeep/tokensource"
 )
@@ -133,27 +133,9 @@ type fleet struct {
 type child struct {
 	cmd   *exec.Cmd
 	in    io.WriteCloser
-	lines chan string   // its output lines
-	errs  *lockedBuffer // its standard error
-	done  chan struct{} // closed when it has exited
-}
-
-// lockedBuffer is a strings.Builder safe for concurrent use.
-type lockedBuffer struct {
-	mu sync.Mutex // guards b
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	lines chan string     // its output lines
+	errs  *syncbuf.Buffer // its standard error
+	done  chan struct{}   // closed when it has exited
 }
 
 // session is what children need to share one entry.
@@ -191,7 +173,7 @@ func startFleet(t testing.TB, s session, n, goroutines int) *fleet {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := &child{cmd: cmd, in: in, lines: make(chan string, 16), errs: new(lockedBuffer), done: make(chan struct{})}
+		c := &child{cmd: cmd, in: in, lines: make(chan string, 16), errs: new(syncbuf.Buffer), done: make(chan struct{})}
 		cmd.Stderr = c.errs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
