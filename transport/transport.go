@@ -56,7 +56,8 @@ type Transport struct {
 	// nothing.
 	//
 	// If Hosts is empty, the scheme and host of the first request the
-	// Transport sees are the only ones trusted.
+	// Transport sees are the only ones trusted. A request whose URL is not
+	// http or https, or names no host, gets no token and pins nothing.
 	Hosts []string
 
 	rules atomic.Pointer[[]hostRule] // Hosts, parsed on first use
@@ -252,6 +253,9 @@ type hostRule struct {
 // host and port. Without Hosts, the first URL asked about becomes the only
 // trusted one.
 func (t *Transport) trusted(scheme, host, port string) bool {
+	if host == "" {
+		return false // nowhere to send it; and it must not become the pin
+	}
 	var https bool
 	switch {
 	case strings.EqualFold(scheme, "https"):
