@@ -15,9 +15,9 @@ import (
 //
 // The zero value is ready to use. A Memory is safe for concurrent use.
 type Memory struct {
-	mu     sync.Mutex               // guards tokens and locks
+	mu     sync.Mutex               // guards tokens
 	tokens map[string]*oauth2.Token // private copies
-	locks  map[string]chan struct{} // one-slot semaphore per key
+	locks  lockSet                  // in-process only: no lock files
 }
 
 // NewMemory returns an empty Memory store.
@@ -59,25 +59,9 @@ func (m *Memory) Delete(ctx context.Context, key string) error {
 
 // Lock implements Locker. The lock is held per key within this process.
 func (m *Memory) Lock(ctx context.Context, key string) (func() error, error) {
-	m.mu.Lock()
-	if m.locks == nil {
-		m.locks = make(map[string]chan struct{})
+	unlock, err := m.locks.lockLocal(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("storage: lock memory entry %q: %w", key, err)
 	}
-	sem, ok := m.locks[key]
-	if !ok {
-		sem = make(chan struct{}, 1)
-		m.locks[key] = sem
-	}
-	m.mu.Unlock()
-
-	select {
-	case sem <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("storage: lock memory entry %q: %w", key, ctx.Err())
-	}
-	var once sync.Once
-	return func() error {
-		once.Do(func() { <-sem })
-		return nil
-	}, nil
+	return unlock, nil
 }
