@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	"golang.org/x/oauth2"
 )
 
 // File is a Store and Locker that keeps each entry in its own encrypted file
@@ -100,17 +98,34 @@ func (f *File) keyEnv() keyEnv {
 
 // Load implements Store. A file that is not the user's own, or that others
 // can read, is refused; a file that fails authentication yields an error
-// matching ErrCorrupt; a keyring-held key that is gone, ErrKeyLost.
-func (f *File) Load(ctx context.Context, key string) (*oauth2.Token, error) {
+// matching ErrCorrupt; a keyring-held key that is gone, ErrKeyLost. A
+// version 1 file, written before records had generations, loads as
+// generation 1; the next save writes version 2.
+func (f *File) Load(ctx context.Context, key string) (*Record, error) {
 	b, err := f.read(key)
 	if err != nil {
 		return nil, err
 	}
-	t, err := unseal(ctx, f.key, f.keyEnv(), key, b)
+	r, err := unseal(ctx, f.key, f.keyEnv(), key, b)
 	if err != nil {
 		return nil, f.errorf(key, "decrypt", err)
 	}
-	return t, nil
+	return r, nil
+}
+
+// generation returns the generation stored under key: 0 when there is no
+// entry. An entry that cannot be read has no known generation, and no
+// conditional write can follow it.
+func (f *File) generation(ctx context.Context, key string) (uint64, error) {
+	r, err := f.Load(ctx, key)
+	switch {
+	case err == nil:
+		return r.Generation, nil
+	case errors.Is(err, ErrNotFound):
+		return 0, nil
+	default:
+		return 0, err
+	}
 }
 
 // read returns the file's bytes after checking what it is and who owns it.
@@ -141,25 +156,40 @@ func (f *File) read(key string) ([]byte, error) {
 	return b, nil
 }
 
-// Save implements Store. The file is replaced atomically and durably: the
-// new content is written to a temporary file in the same directory, synced,
-// renamed over the old file, and the directory is synced. A crash at any
-// moment leaves the old token or the new one, never a mixture.
-func (f *File) Save(ctx context.Context, key string, t *oauth2.Token) error {
-	if t == nil {
-		return f.errorf(key, "save", errors.New("refusing to save a nil token"))
+// Save implements Store. It reads the stored generation and replaces the
+// entry only if r follows it, all under the entry's lock file (taken for
+// the write unless this process holds it), so that no other process writes
+// in between. The file is replaced atomically and durably: the new content
+// is written to a temporary file in the same directory, synced, renamed over
+// the old file, and the directory is synced. A crash at any moment leaves
+// the old record or the new one, never a mixture.
+func (f *File) Save(ctx context.Context, key string, r *Record) error {
+	if err := r.Validate(); err != nil {
+		return f.errorf(key, "save", fmt.Errorf("refusing to save: %w", err))
 	}
-	b, err := seal(ctx, f.key, f.keyEnv(), key, t)
+	b, err := seal(ctx, f.key, f.keyEnv(), key, r)
 	if err != nil {
 		return f.errorf(key, "encrypt", err)
 	}
 	name := fileName(key)
-	if err := writeAtomic(f.dir, name, b); err != nil {
-		return f.errorf(key, "save", err)
-	}
-	removeStaleTemps(f.dir, name, time.Now())
-	return nil
+	return f.locks.write(ctx, key, f.lockPath(key), func() error {
+		cur, err := f.generation(ctx, key)
+		if err != nil {
+			return err
+		}
+		if err := checkGeneration(cur, r); err != nil {
+			return f.errorf(key, "save", err)
+		}
+		if err := writeAtomic(f.dir, name, b); err != nil {
+			return f.errorf(key, "save", err)
+		}
+		removeStaleTemps(f.dir, name, time.Now())
+		return nil
+	})
 }
+
+// lockPath is the path of key's lock file.
+func (f *File) lockPath(key string) string { return f.Path(key) + ".lock" }
 
 // staleTemp is the age after which a temporary file is taken to be left by
 // a writer that crashed between creating and renaming it. A live write takes
@@ -224,16 +254,19 @@ func writeAtomic(dir, name string, b []byte) (err error) {
 	return syncDir(dir)
 }
 
-// Delete implements Store. The lock file stays.
+// Delete implements Store, under the entry's lock file like Save. The lock
+// file stays.
 func (f *File) Delete(ctx context.Context, key string) error {
-	err := os.Remove(f.Path(key))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return f.errorf(key, "delete", err)
-	}
-	if err := syncDir(f.dir); err != nil {
-		return f.errorf(key, "delete", err)
-	}
-	return nil
+	return f.locks.write(ctx, key, f.lockPath(key), func() error {
+		err := os.Remove(f.Path(key))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return f.errorf(key, "delete", err)
+		}
+		if err := syncDir(f.dir); err != nil {
+			return f.errorf(key, "delete", err)
+		}
+		return nil
+	})
 }
 
 // Lock implements Locker. It takes an in-process lock on key, then an
@@ -243,7 +276,7 @@ func (f *File) Delete(ctx context.Context, key string) error {
 // when its holder exits, even by SIGKILL; on NFS, see the package
 // documentation.
 func (f *File) Lock(ctx context.Context, key string) (func() error, error) {
-	unlock, err := f.locks.lock(ctx, key, f.Path(key)+".lock")
+	unlock, err := f.locks.lock(ctx, key, f.lockPath(key))
 	if err != nil {
 		return nil, f.errorf(key, "lock", err)
 	}

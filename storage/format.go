@@ -10,22 +10,21 @@ import (
 	"errors"
 	"fmt"
 
-	"golang.org/x/oauth2"
-
 	"github.com/tokenkeep/tokenkeep/internal/tokencodec"
 )
 
-// The encrypted entry format, version 1. All integers are big-endian.
+// The encrypted entry format, versions 1 and 2. All integers are big-endian.
 //
 //	offset  size  field
 //	0       4     magic "TKKF"
-//	4       1     format version (1)
+//	4       1     format version (2; 1 is still read)
 //	5       1     key kind: 1 raw key, 2 key kept in the OS keyring, 3 passphrase (argon2id)
 //	6       8     key id: the first 8 bytes of SHA-256("tokenkeep key id v1" || key)
 //	14      2     length L of the key parameters
 //	16      L     key parameters (passphrase: time u32, memory KiB u32, threads u8, salt 16 bytes)
 //	16+L    12    nonce, fresh and random for every write
-//	28+L    ...   AES-256-GCM ciphertext of the encoded token, with its 16-byte tag
+//	28+L    ...   AES-256-GCM ciphertext, with its 16-byte tag, of the encoded
+//	              record (version 2) or of the encoded token (version 1)
 //
 // The associated data is the whole header (bytes 0 to 28+L, nonce included)
 // followed by a zero byte and the entry's name, so that no header field can be
@@ -36,7 +35,7 @@ import (
 // test, and it costs a passphrase guesser the same KDF run.
 const (
 	formatMagic   = "TKKF"
-	formatVersion = 1
+	formatVersion = recordVersion // written; version 1 is read too
 	fixedHeader   = 16
 	nonceSize     = 12
 	tagSize       = 16
@@ -70,11 +69,12 @@ func (k keyKind) String() string {
 
 // header is the parsed, not yet authenticated, header of an entry.
 type header struct {
-	kind   keyKind
-	keyID  [keyIDSize]byte
-	params []byte
-	nonce  []byte
-	raw    []byte // the header bytes, nonce included
+	version byte
+	kind    keyKind
+	keyID   [keyIDSize]byte
+	params  []byte
+	nonce   []byte
+	raw     []byte // the header bytes, nonce included
 }
 
 // errFormat wraps ErrCorrupt with the check that failed.
@@ -97,10 +97,11 @@ func parseHeader(b []byte) (*header, []byte, error) {
 	if string(b[:4]) != formatMagic {
 		return nil, nil, errFormat("not a tokenkeep file (bad magic)")
 	}
-	if v := b[4]; v != formatVersion {
-		return nil, nil, errFormat("format version %d is not supported by this version of tokenkeep (it reads version %d)", v, formatVersion)
+	v := b[4]
+	if v != 1 && v != formatVersion {
+		return nil, nil, errFormat("format version %d is not supported by this version of tokenkeep (it reads versions 1 to %d)", v, formatVersion)
 	}
-	h := &header{kind: keyKind(b[5])}
+	h := &header{version: v, kind: keyKind(b[5])}
 	copy(h.keyID[:], b[6:14])
 	n := int(binary.BigEndian.Uint16(b[14:16]))
 	end := fixedHeader + n + nonceSize
@@ -184,12 +185,9 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(block)
 }
 
-// seal encodes and encrypts t for the entry name.
-func seal(ctx context.Context, k Key, env keyEnv, name string, t *oauth2.Token) ([]byte, error) {
-	if t == nil {
-		return nil, errors.New("refusing to save a nil token")
-	}
-	pt, err := tokencodec.Encode(t)
+// seal encodes and encrypts r for the entry name.
+func seal(ctx context.Context, k Key, env keyEnv, name string, r *Record) ([]byte, error) {
+	pt, err := encodeRecord(r)
 	if err != nil {
 		return nil, err
 	}
@@ -200,8 +198,9 @@ func seal(ctx context.Context, k Key, env keyEnv, name string, t *oauth2.Token) 
 	return sealBytes(m.kind, m.params, m.key, name, pt)
 }
 
-// unseal authenticates, decrypts and decodes what seal wrote for name.
-func unseal(ctx context.Context, k Key, env keyEnv, name string, b []byte) (*oauth2.Token, error) {
+// unseal authenticates, decrypts and decodes what seal wrote for name. A
+// version 1 entry, which held a bare token, is read as generation 1.
+func unseal(ctx context.Context, k Key, env keyEnv, name string, b []byte) (*Record, error) {
 	h, ct, err := parseHeader(b)
 	if err != nil {
 		return nil, err
@@ -214,11 +213,14 @@ func unseal(ctx context.Context, k Key, env keyEnv, name string, b []byte) (*oau
 	if err != nil {
 		return nil, err
 	}
+	if h.version == formatVersion {
+		return decodeRecord(pt)
+	}
 	t, err := tokencodec.Decode(pt)
 	if err != nil {
 		return nil, fmt.Errorf("%v: %w", err, ErrCorrupt)
 	}
-	return t, nil
+	return legacyRecord(t), nil
 }
 
 // processKeyLocks serialises key creation for Seal callers, which have no
@@ -231,7 +233,7 @@ func processEnv() keyEnv {
 	}}
 }
 
-// Seal encodes t and encrypts it for the entry name in the file store's
+// Seal encodes r and encrypts it for the entry name in the file store's
 // format (see the package documentation), for stores that keep the bytes
 // elsewhere, such as a shared database. Only Open with the same name and key
 // recovers it.
@@ -239,8 +241,8 @@ func processEnv() keyEnv {
 // A [KeyringKey] used through Seal is created, on first use, under an
 // in-process lock only: create it once, before several machines or
 // processes seal with it, or share a raw key instead.
-func Seal(ctx context.Context, key Key, name string, t *oauth2.Token) ([]byte, error) {
-	b, err := seal(ctx, key, processEnv(), name, t)
+func Seal(ctx context.Context, key Key, name string, r *Record) ([]byte, error) {
+	b, err := seal(ctx, key, processEnv(), name, r)
 	if err != nil {
 		return nil, fmt.Errorf("storage: seal %q: %w", name, err)
 	}
@@ -250,10 +252,10 @@ func Seal(ctx context.Context, key Key, name string, t *oauth2.Token) ([]byte, e
 // Open authenticates, decrypts and decodes what Seal produced for name. Its
 // errors match ErrCorrupt, ErrKeyLost or ErrUnavailable as the file store's
 // do.
-func Open(ctx context.Context, key Key, name string, b []byte) (*oauth2.Token, error) {
-	t, err := unseal(ctx, key, processEnv(), name, b)
+func Open(ctx context.Context, key Key, name string, b []byte) (*Record, error) {
+	r, err := unseal(ctx, key, processEnv(), name, b)
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %q: %w", name, err)
 	}
-	return t, nil
+	return r, nil
 }

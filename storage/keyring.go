@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/zalando/go-keyring"
-	"golang.org/x/oauth2"
 
 	"github.com/tokenkeep/tokenkeep/internal/tokencodec"
 )
@@ -192,9 +191,14 @@ func NewKeyring(service string, opts *KeyringOptions) (*Keyring, error) {
 	return &Keyring{service: service, opts: o}, nil
 }
 
+// Value prefixes: "tk2:" is a record (version 2), "tk1:" a bare token
+// written before records had generations (read as generation 1); "tk2c:"
+// and "tk1c:" are the manifests of chunked values of either.
 const (
-	singlePrefix   = "tk1:"
-	manifestPrefix = "tk1c:"
+	singlePrefix     = "tk2:"
+	manifestPrefix   = "tk2c:"
+	singlePrefixV1   = "tk1:"
+	manifestPrefixV1 = "tk1c:"
 )
 
 func (k *Keyring) call(ctx context.Context, f func() (string, error)) (string, error) {
@@ -206,16 +210,20 @@ func (k *Keyring) errorf(key, op string, err error) error {
 }
 
 // Load implements Store.
-func (k *Keyring) Load(ctx context.Context, key string) (*oauth2.Token, error) {
+func (k *Keyring) Load(ctx context.Context, key string) (*Record, error) {
 	v, err := k.call(ctx, func() (string, error) { return k.opts.Backend.Get(k.service, key) })
 	if err != nil {
 		return nil, k.errorf(key, "read", err)
 	}
 	var enc string
+	legacy := false
 	switch {
 	case strings.HasPrefix(v, singlePrefix):
 		enc = v[len(singlePrefix):]
-	case strings.HasPrefix(v, manifestPrefix):
+	case strings.HasPrefix(v, singlePrefixV1):
+		enc, legacy = v[len(singlePrefixV1):], true
+	case strings.HasPrefix(v, manifestPrefix), strings.HasPrefix(v, manifestPrefixV1):
+		legacy = strings.HasPrefix(v, manifestPrefixV1)
 		if enc, err = k.loadChunks(ctx, key, v); err != nil {
 			return nil, err
 		}
@@ -226,11 +234,18 @@ func (k *Keyring) Load(ctx context.Context, key string) (*oauth2.Token, error) {
 	if err != nil {
 		return nil, k.errorf(key, "decode", errFormat("bad base64"))
 	}
+	if !legacy {
+		r, err := decodeRecord(b)
+		if err != nil {
+			return nil, k.errorf(key, "decode", err)
+		}
+		return r, nil
+	}
 	t, err := tokencodec.Decode(b)
 	if err != nil {
 		return nil, k.errorf(key, "decode", fmt.Errorf("%v: %w", err, ErrCorrupt))
 	}
-	return t, nil
+	return legacyRecord(t), nil
 }
 
 // manifest describes a chunked value.
@@ -241,7 +256,10 @@ type manifest struct {
 }
 
 func parseManifest(v string) (manifest, bool) {
-	parts := strings.Split(strings.TrimPrefix(v, manifestPrefix), ":")
+	if !strings.HasPrefix(v, manifestPrefix) && !strings.HasPrefix(v, manifestPrefixV1) {
+		return manifest{}, false
+	}
+	parts := strings.Split(v[strings.IndexByte(v, ':')+1:], ":")
 	if len(parts) != 3 {
 		return manifest{}, false
 	}
@@ -290,22 +308,44 @@ func (k *Keyring) loadChunks(ctx context.Context, key, v string) (string, error)
 // previous returns the manifest currently stored under key, if any.
 func (k *Keyring) previous(ctx context.Context, key string) (manifest, bool) {
 	v, err := k.call(ctx, func() (string, error) { return k.opts.Backend.Get(k.service, key) })
-	if err != nil || !strings.HasPrefix(v, manifestPrefix) {
+	if err != nil {
 		return manifest{}, false
 	}
 	return parseManifest(v)
 }
 
-// Save implements Store.
-func (k *Keyring) Save(ctx context.Context, key string, t *oauth2.Token) error {
-	if t == nil {
-		return k.errorf(key, "save", errors.New("refusing to save a nil token"))
-	}
-	b, err := tokencodec.Encode(t)
+// Save implements Store. The stored generation is read and compared, and
+// the value replaced, under the entry's lock file (taken for the write
+// unless this process holds it), so that no other process writes in
+// between.
+func (k *Keyring) Save(ctx context.Context, key string, r *Record) error {
+	b, err := encodeRecord(r)
 	if err != nil {
-		return k.errorf(key, "encode", err)
+		return k.errorf(key, "save", fmt.Errorf("refusing to save: %w", err))
 	}
-	enc := base64.StdEncoding.EncodeToString(b)
+	path, err := k.lockPath(key)
+	if err != nil {
+		return k.errorf(key, "save", err)
+	}
+	return k.locks.write(ctx, key, path, func() error {
+		var cur uint64
+		stored, err := k.Load(ctx, key)
+		switch {
+		case err == nil:
+			cur = stored.Generation
+		case errors.Is(err, ErrNotFound):
+		default:
+			return err
+		}
+		if err := checkGeneration(cur, r); err != nil {
+			return k.errorf(key, "save", err)
+		}
+		return k.replace(ctx, key, base64.StdEncoding.EncodeToString(b))
+	})
+}
+
+// replace writes the encoded value enc under key, in chunks if it is long.
+func (k *Keyring) replace(ctx context.Context, key, enc string) error {
 	old, hadOld := k.previous(ctx, key)
 
 	value := singlePrefix + enc
@@ -353,27 +393,41 @@ func (k *Keyring) deleteChunks(ctx context.Context, key string, m manifest) {
 	}
 }
 
-// Delete implements Store.
+// Delete implements Store, under the entry's lock file like Save.
 func (k *Keyring) Delete(ctx context.Context, key string) error {
-	old, hadOld := k.previous(ctx, key)
-	_, err := k.call(ctx, func() (string, error) { return "", k.opts.Backend.Delete(k.service, key) })
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	path, err := k.lockPath(key)
+	if err != nil {
 		return k.errorf(key, "delete", err)
 	}
-	if hadOld {
-		k.deleteChunks(ctx, key, old)
+	return k.locks.write(ctx, key, path, func() error {
+		old, hadOld := k.previous(ctx, key)
+		_, err := k.call(ctx, func() (string, error) { return "", k.opts.Backend.Delete(k.service, key) })
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return k.errorf(key, "delete", err)
+		}
+		if hadOld {
+			k.deleteChunks(ctx, key, old)
+		}
+		return nil
+	})
+}
+
+// lockPath returns the path of key's lock file, creating its directory.
+func (k *Keyring) lockPath(key string) (string, error) {
+	if err := os.MkdirAll(k.opts.LockDir, 0o700); err != nil {
+		return "", err
 	}
-	return nil
+	sum := sha256.Sum256([]byte(k.service + "\x00" + key))
+	return filepath.Join(k.opts.LockDir, "keyring-"+hex.EncodeToString(sum[:12])+".lock"), nil
 }
 
 // Lock implements Locker with a lock file named after the service and key
 // in KeyringOptions.LockDir; see [File.Lock] for its behaviour.
 func (k *Keyring) Lock(ctx context.Context, key string) (func() error, error) {
-	if err := os.MkdirAll(k.opts.LockDir, 0o700); err != nil {
+	path, err := k.lockPath(key)
+	if err != nil {
 		return nil, k.errorf(key, "lock", err)
 	}
-	sum := sha256.Sum256([]byte(k.service + "\x00" + key))
-	path := filepath.Join(k.opts.LockDir, "keyring-"+hex.EncodeToString(sum[:12])+".lock")
 	unlock, err := k.locks.lock(ctx, key, path)
 	if err != nil {
 		return nil, k.errorf(key, "lock", err)

@@ -16,24 +16,32 @@ const lockPoll = 5 * time.Millisecond
 // lockSet serialises holders of one key: first within the process, with a
 // semaphore per key (lock files are not reliable between goroutines of one
 // process on every platform), then across processes, with the lock file.
+// It also serialises the conditional writes of a key (see write).
 // The zero value is ready to use.
 type lockSet struct {
-	mu   sync.Mutex               // guards sems
-	sems map[string]chan struct{} // one-slot semaphore per key
+	mu      sync.Mutex            // guards entries
+	entries map[string]*lockEntry // one per key ever locked or written
 }
 
-func (l *lockSet) sem(key string) chan struct{} {
+// lockEntry is the lock state of one key in this process.
+type lockEntry struct {
+	sem  chan struct{} // one-slot semaphore: the key's lock holder in this process
+	wmu  sync.Mutex    // guards held; serialises this process's writes of the key
+	held bool          // this process holds the key's lock file
+}
+
+func (l *lockSet) entry(key string) *lockEntry {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.sems == nil {
-		l.sems = make(map[string]chan struct{})
+	if l.entries == nil {
+		l.entries = make(map[string]*lockEntry)
 	}
-	s, ok := l.sems[key]
+	e, ok := l.entries[key]
 	if !ok {
-		s = make(chan struct{}, 1)
-		l.sems[key] = s
+		e = &lockEntry{sem: make(chan struct{}, 1)}
+		l.entries[key] = e
 	}
-	return s
+	return e
 }
 
 // lockLocal takes key's semaphore only.
@@ -51,34 +59,89 @@ func (l *lockSet) lockLocal(ctx context.Context, key string) (func() error, erro
 // the server runs a lock manager (NFSv4, or v3 with lockd); elsewhere the
 // lock protects processes on one machine only.
 func (l *lockSet) lock(ctx context.Context, key, path string) (func() error, error) {
-	sem := l.sem(key)
+	e := l.entry(key)
 	select {
-	case sem <- struct{}{}:
+	case e.sem <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 	if path == "" {
 		var once sync.Once
-		return func() error { once.Do(func() { <-sem }); return nil }, nil
+		return func() error { once.Do(func() { <-e.sem }); return nil }, nil
 	}
 	f := flock.New(path, flock.SetPermissions(0o600))
 	ok, err := f.TryLockContext(ctx, lockPoll)
 	if !ok || err != nil {
-		<-sem
+		<-e.sem
 		f.Close()
 		if err == nil {
 			err = ctx.Err()
 		}
 		return nil, fmt.Errorf("lock file %s: %w", path, err)
 	}
+	e.wmu.Lock()
+	e.held = true
+	e.wmu.Unlock()
 	var once sync.Once
 	var uerr error
 	return func() error {
 		once.Do(func() {
+			e.wmu.Lock()
+			e.held = false
+			e.wmu.Unlock()
 			uerr = f.Unlock()
 			f.Close()
-			<-sem
+			<-e.sem
 		})
 		return uerr
 	}, nil
+}
+
+// write runs fn, a read-compare-write of key, while no other writer of key
+// runs, in this process or (with a lock file at path) in another: under the
+// key's lock file, which it takes for the length of fn unless this process
+// already holds it. A holder of the lock therefore writes without waiting
+// for itself, and a writer without the lock waits for the holder.
+//
+// The lock file is tried rather than waited on while this process's write
+// mutex is held, so that a goroutine taking the key's lock is never stuck
+// behind a writer waiting for that same lock.
+func (l *lockSet) write(ctx context.Context, key, path string, fn func() error) error {
+	e := l.entry(key)
+	var t *time.Timer
+	for {
+		e.wmu.Lock()
+		if e.held || path == "" {
+			err := fn()
+			e.wmu.Unlock()
+			return err
+		}
+		f := flock.New(path, flock.SetPermissions(0o600))
+		ok, err := f.TryLock()
+		if err != nil {
+			e.wmu.Unlock()
+			f.Close()
+			return fmt.Errorf("lock file %s: %w", path, err)
+		}
+		if ok {
+			err := fn()
+			f.Unlock()
+			f.Close()
+			e.wmu.Unlock()
+			return err
+		}
+		f.Close()
+		e.wmu.Unlock()
+		if t == nil {
+			t = time.NewTimer(lockPoll)
+			defer t.Stop()
+		} else {
+			t.Reset(lockPoll)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("lock file %s: %w", path, ctx.Err())
+		case <-t.C:
+		}
+	}
 }

@@ -4,56 +4,80 @@ import (
 	"context"
 	"fmt"
 	"sync"
-
-	"golang.org/x/oauth2"
-
-	"github.com/tokenkeep/tokenkeep/internal/tokencodec"
 )
 
-// Memory is a Store and Locker that keeps tokens in process memory. Nothing
-// survives the process; it suits tests, and services that log in at start-up.
+// Memory is a Store, Locker and Lister that keeps records in process
+// memory. Nothing survives the process; it suits tests, and services that
+// log in at start-up.
 //
 // The zero value is ready to use. A Memory is safe for concurrent use.
 type Memory struct {
-	mu     sync.Mutex               // guards tokens
-	tokens map[string]*oauth2.Token // private copies
-	locks  lockSet                  // in-process only: no lock files
+	mu      sync.Mutex         // guards records
+	records map[string]*Record // private copies
+	locks   lockSet            // in-process only: no lock files
 }
 
 // NewMemory returns an empty Memory store.
 func NewMemory() *Memory { return new(Memory) }
 
 // Load implements Store.
-func (m *Memory) Load(ctx context.Context, key string) (*oauth2.Token, error) {
+func (m *Memory) Load(ctx context.Context, key string) (*Record, error) {
 	m.mu.Lock()
-	t, ok := m.tokens[key]
+	r, ok := m.records[key]
 	m.mu.Unlock()
 	if !ok {
 		return nil, fmt.Errorf("storage: memory entry %q: %w", key, ErrNotFound)
 	}
-	return tokencodec.Clone(t), nil
+	return r.Clone(), nil
 }
 
-// Save implements Store.
-func (m *Memory) Save(ctx context.Context, key string, t *oauth2.Token) error {
-	if t == nil {
-		return fmt.Errorf("storage: memory entry %q: refusing to save a nil token", key)
+// Save implements Store: r is saved if the stored generation is
+// r.Generation-1.
+func (m *Memory) Save(ctx context.Context, key string, r *Record) error {
+	if err := r.Validate(); err != nil {
+		return fmt.Errorf("storage: memory entry %q: refusing to save: %w", key, err)
 	}
-	c := tokencodec.Clone(t)
+	c := r.Clone()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.tokens == nil {
-		m.tokens = make(map[string]*oauth2.Token)
+	var cur uint64
+	if old, ok := m.records[key]; ok {
+		cur = old.Generation
 	}
-	m.tokens[key] = c
+	if err := checkGeneration(cur, c); err != nil {
+		return fmt.Errorf("storage: memory entry %q: %w", key, err)
+	}
+	if m.records == nil {
+		m.records = make(map[string]*Record)
+	}
+	m.records[key] = c
 	return nil
 }
 
 // Delete implements Store.
 func (m *Memory) Delete(ctx context.Context, key string) error {
 	m.mu.Lock()
-	delete(m.tokens, key)
+	delete(m.records, key)
 	m.mu.Unlock()
+	return nil
+}
+
+// List implements Lister.
+func (m *Memory) List(ctx context.Context, yield func(key string) bool) error {
+	m.mu.Lock()
+	keys := make([]string, 0, len(m.records))
+	for k := range m.records {
+		keys = append(keys, k)
+	}
+	m.mu.Unlock()
+	for _, k := range keys {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !yield(k) {
+			return nil
+		}
+	}
 	return nil
 }
 

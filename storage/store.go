@@ -3,24 +3,32 @@ package storage
 import (
 	"context"
 	"errors"
-
-	"golang.org/x/oauth2"
 )
 
-// Store keeps tokens at rest under a caller-chosen key.
+// Store keeps sessions at rest under caller-chosen keys, as versioned
+// [Record]s.
 //
-// Implementations are safe for concurrent use. Load returns a token that the
-// caller may modify; Save keeps its own copy of t. Every implementation keeps
-// the access token, token type, refresh token, expiry and the extra fields the
-// provider returned (id_token, scope, custom fields).
+// Every write is conditional: Save names, through the record's Generation,
+// the generation it was derived from, and the store refuses the write with
+// an error matching [ErrConflict] when the stored generation is another.
+// A refused writer reads the entry again and decides anew; it never
+// overwrites. This is what keeps a late retry, a slow save or a rival
+// process from rolling a session back to a spent refresh token.
+//
+// Implementations are safe for concurrent use. Load returns a record the
+// caller may modify; Save keeps its own copy.
 type Store interface {
-	// Load returns the token saved under key, or an error that matches
+	// Load returns the record saved under key, or an error that matches
 	// ErrNotFound when there is none.
-	Load(ctx context.Context, key string) (*oauth2.Token, error)
-	// Save replaces the token saved under key.
-	Save(ctx context.Context, key string, t *oauth2.Token) error
-	// Delete removes the token saved under key. Deleting a key that holds
-	// nothing is not an error.
+	Load(ctx context.Context, key string) (*Record, error)
+	// Save writes r under key if the stored generation is r.Generation-1
+	// (a key that holds nothing has generation 0), and otherwise returns an
+	// error matching ErrConflict and leaves the entry as it was.
+	Save(ctx context.Context, key string, r *Record) error
+	// Delete removes the entry under key for good, whatever it holds.
+	// Deleting a key that holds nothing is not an error. To end a session
+	// and keep it ended, save an ended record instead: a deleted entry
+	// looks like one that was never written.
 	Delete(ctx context.Context, key string) error
 }
 
@@ -34,17 +42,44 @@ type Locker interface {
 	Lock(ctx context.Context, key string) (unlock func() error, err error)
 }
 
+// LeaseLocker is implemented by Lockers whose locks can be lost while held,
+// such as a lease in a server that expires when it is not renewed in time.
+//
+// LockLease is Lock that also returns held, a context that is done once the
+// lock is known to be lost: from then on another process may hold it, and
+// the holder must not start anything the lock was taken to serialise.
+type LeaseLocker interface {
+	Locker
+	LockLease(ctx context.Context, key string) (held context.Context, unlock func() error, err error)
+}
+
+// Lister is implemented by stores that can enumerate their entries.
+//
+// List calls yield with the key of every entry, in no particular order,
+// until yield returns false or every entry was visited. Entries written or
+// deleted while List runs may or may not be visited.
+type Lister interface {
+	List(ctx context.Context, yield func(key string) bool) error
+}
+
 // Errors that callers branch on with [errors.Is]. Stores wrap them with
 // detail (the entry, the backend) but never with secret values.
 var (
-	// ErrNotFound means no token is stored under the key.
+	// ErrNotFound means nothing is stored under the key.
 	ErrNotFound = errors.New("storage: token not found")
+
+	// ErrConflict means a conditional write was refused: the entry's
+	// generation is no longer the one the write was derived from, because
+	// another writer saved first. Nothing was written. Read the entry again.
+	ErrConflict = errors.New("storage: entry changed since it was read")
 
 	// ErrCorrupt means stored data could not be authenticated or decoded:
 	// it was truncated, tampered with, moved to another entry, written by an
 	// unknown format version, or encrypted with a different key or
 	// passphrase. Authenticated encryption cannot tell these apart, so they
 	// share one sentinel; the wrapping message says which check failed.
+	// A session source also reports a stored generation lower than one it
+	// has already seen (a rollback) with it.
 	ErrCorrupt = errors.New("storage: stored token is corrupt or was encrypted with another key")
 
 	// ErrUnavailable means the backend could not be reached in time: no
