@@ -4,8 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"golang.org/x/oauth2"
+
+	"github.com/tokenkeep/tokenkeep/internal/oauthwire"
+	"github.com/tokenkeep/tokenkeep/storage"
 )
 
 // ErrReauthRequired means the session cannot be renewed without the user:
@@ -27,6 +31,43 @@ var ErrClosed = errors.New("tokensource: source closed")
 // retried in the background; Close makes a last attempt and reports its
 // outcome. Until a save succeeds, a crash loses the session.
 var ErrNotSaved = errors.New("tokensource: token not saved")
+
+// ErrInDoubt is matched by the error of a refresh attempt whose request
+// reached the provider without an answer coming back: the provider may have
+// redeemed the refresh token and issued one that never arrived. The Source
+// reports it (an InDoubt event and a log record) before it retries with
+// the same refresh token — the only token it has — which providers that
+// allow a short reuse interval accept, and providers that do not answer
+// with invalid_grant, ending the session.
+var ErrInDoubt = oauthwire.ErrInDoubt
+
+// BackOffError reports that the provider asked not to be called for the
+// session before Until (HTTP 429 or 503 with Retry-After). No request is
+// sent before then, by this Source or, through the store, by any other.
+type BackOffError struct {
+	Key   string
+	Until time.Time
+	Err   error // the provider's answer that asked for it; may be nil
+}
+
+func (e *BackOffError) Error() string {
+	return fmt.Sprintf("tokensource: refresh %q: the provider asked to wait until %s", e.Key, e.Until.UTC().Format(time.RFC3339))
+}
+
+func (e *BackOffError) Unwrap() error { return e.Err }
+
+// rollbackError reports a stored generation lower than one already seen:
+// someone put an older copy of the entry back.
+type rollbackError struct {
+	key       string
+	got, seen uint64
+}
+
+func (e *rollbackError) Error() string {
+	return fmt.Sprintf("tokensource: %q: the store went back to generation %d after generation %d was seen; an older copy of the entry was put back (rollback)", e.key, e.got, e.seen)
+}
+
+func (e *rollbackError) Unwrap() error { return storage.ErrCorrupt }
 
 // reauthError is a cause that needs the user, described by msg.
 type reauthError struct {

@@ -167,7 +167,7 @@ func Prime(ctx context.Context, mode, dir string, tok *oauth2.Token) error {
 	if err != nil {
 		return err
 	}
-	return st.Save(ctx, Entry, tok)
+	return storage.SaveToken(ctx, st, Entry, tok)
 }
 
 // Expire makes the stored session's access token look expired to its
@@ -189,12 +189,16 @@ func Expire(ctx context.Context, mode, dir string) error {
 	if err != nil {
 		return err
 	}
-	t, err := st.Load(ctx, Entry)
+	r, err := st.Load(ctx, Entry)
 	if err != nil {
 		return err
 	}
-	t.Expiry = time.Now().Add(-time.Minute)
-	return st.Save(ctx, Entry, t)
+	if r.Token == nil {
+		return fmt.Errorf("proctest: the stored session ended (%s)", r.Reason)
+	}
+	r.Token.Expiry = time.Now().Add(-time.Minute)
+	r.Generation++
+	return st.Save(ctx, Entry, r)
 }
 
 // Child describes how to start a child: the executable, its arguments, and
