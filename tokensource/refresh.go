@@ -321,6 +321,7 @@ func (s *Source) late(done <-chan attemptResult, base *oauth2.Token, gen uint64)
 	}
 	r.save(base, gen, t, Salvaged)
 }
+
 // check rejects answers a Source cannot serve.
 func (r *refresh) check(t *oauth2.Token) error {
 	switch {
