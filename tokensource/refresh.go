@@ -75,7 +75,9 @@ func (r *refresh) run() (*oauth2.Token, error) {
 	case rec.State == storage.Ended:
 		return nil, r.adoptEnded(rec)
 	case r.usable(rec):
-		return r.adopt(rec), nil
+		if t, ok := r.adopt(rec); ok {
+			return t, nil
+		}
 	}
 	return r.redeemFrom(rec.Token, rec.Generation, s.stateOf(rec, epochOf(st), time.Now()))
 }
@@ -113,7 +115,7 @@ func (r *refresh) redeemFrom(base *oauth2.Token, gen uint64, from *state) (*oaut
 			}
 			base, gen = st.tok, st.gen
 		case errors.As(err, &boe):
-			r.rememberBackOff(base, gen, boe.Until)
+			r.rememberBackOff(from, gen, boe.Until)
 			return nil, r.fail(err, base)
 		case needsReauth(err) && base != nil && !r.reread:
 			r.reread = true
@@ -124,7 +126,9 @@ func (r *refresh) redeemFrom(base *oauth2.Token, gen uint64, from *state) (*oaut
 			case newer.State == storage.Ended:
 				return nil, r.adoptEnded(newer)
 			case r.usable(newer):
-				return r.adopt(newer), nil
+				if t, ok := r.adopt(newer); ok {
+					return t, nil
+				}
 			}
 			base, gen = newer.Token, newer.Generation
 		case needsReauth(err) && base != nil:
@@ -268,7 +272,8 @@ func (r *refresh) attempt(base *oauth2.Token, gen uint64) (*oauth2.Token, error)
 	}
 	err := res.err
 	if err != nil && !bounded && base != nil && base.RefreshToken != "" &&
-		ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrInDoubt) {
+		ctx.Err() != nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) &&
+		!errors.Is(err, ErrInDoubt) {
 		err = fmt.Errorf("%w: %w", ErrInDoubt, err)
 	}
 	return res.t, err
@@ -401,33 +406,44 @@ func refreshExpiry(t *oauth2.Token, now time.Time) time.Time {
 }
 
 // rememberBackOff serves the provider's back-off and shares it through the
-// store, so that no process calls the provider before until.
-func (r *refresh) rememberBackOff(base *oauth2.Token, gen uint64, until time.Time) {
+// store, so that no process calls the provider before until. from is the
+// state of the stored generation gen that base came from, or nil when
+// nothing is stored.
+func (r *refresh) rememberBackOff(from *state, gen uint64, until time.Time) {
 	s := r.s
+	var mine *state
 	for {
 		cur := s.cur.Load()
-		if cur == nil || !cur.retryAfter.Before(until) {
-			break
+		switch {
+		case cur != nil && (cur.unsaved || cur.gen != gen):
+			return // memory moved on; its next refresh meets the back-off again
+		case cur == nil && from == nil:
+			mine = &state{retryAfter: until}
+		case cur == nil:
+			c := *from
+			c.retryAfter = until
+			mine = &c
+		default:
+			c := *cur
+			c.retryAfter = until
+			mine = &c
 		}
-		next := *cur
-		next.retryAfter = until
-		if s.swap(cur, &next) {
+		if s.swap(cur, mine) {
 			break
 		}
 	}
-	cur := s.cur.Load()
-	if base == nil || cur == nil || cur.unsaved || cur.gen != gen || cur.tok == nil {
+	if from == nil || from.tok == nil {
 		return
 	}
-	rec := cur.record()
+	rec := mine.record()
 	rec.Generation = gen + 1
 	ctx, cancel := s.saveCtx()
 	defer cancel()
 	if err := s.store.Save(ctx, s.key, rec); err == nil {
 		s.observe(rec.Generation)
-		next := *cur
+		next := *mine
 		next.gen = rec.Generation
-		s.swap(cur, &next)
+		s.swap(mine, &next)
 	}
 }
 
@@ -460,11 +476,16 @@ func merge(base, t *oauth2.Token) *oauth2.Token {
 }
 
 // adopt serves a live record that another process or an earlier run saved.
-func (r *refresh) adopt(rec *storage.Record) *oauth2.Token {
+// It reports false if a server refused the record's token while it was
+// being adopted: the token must be refreshed instead.
+func (r *refresh) adopt(rec *storage.Record) (*oauth2.Token, bool) {
 	s := r.s
 	s.install(r.start, s.stateOf(rec, epochOf(r.start), time.Now()))
+	if cur := s.cur.Load(); cur != nil && cur.rejected != "" && cur.rejected == rec.Token.AccessToken {
+		return nil, false
+	}
 	r.report(Adopted, rec.Token, nil)
-	return rec.Token
+	return rec.Token, true
 }
 
 // adoptEnded serves the end of a session that was revoked or refused,
