@@ -322,7 +322,23 @@ func TestRefresherIgnoringItsContext(t *testing.T) {
 		if _, err := src.TokenContext(ctx); err == nil {
 			t.Fatal("Token with a hung Refresher: got a token")
 		}
-		close(release) // the hung call returns: its answer arrives late
+		// Close while the Refresher is still hung is bounded too.
+		hung, err := New(r, storage.NewMemory(), "bob", WithAttemptTimeout(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := hung.Put(context.Background(), login("bob")); err != nil {
+			t.Fatal(err)
+		}
+		hung.Invalidate(login("bob"))
+		go hung.Token()
+		synctest.Wait()
+		start := time.Now()
+		hung.Close()
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("Close with a hung Refresher took %v, want at most the close grace", d)
+		}
+		close(release) // the hung calls return: their answers arrive late
 		synctest.Wait()
 		if ev.count(Salvaged) != 1 {
 			t.Fatalf("events: %v, want the late answer saved", ev.kinds())
@@ -330,7 +346,7 @@ func TestRefresherIgnoringItsContext(t *testing.T) {
 		if rec := stored(t, st, ledgerKey); rec.Token.RefreshToken != p.liveToken() {
 			t.Fatalf("stored %q, want the late answer's %q", rec.Token.RefreshToken, p.liveToken())
 		}
-		start := time.Now()
+		start = time.Now()
 		if err := src.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
@@ -383,20 +399,30 @@ func TestRevokeHasItsOwnDeadline(t *testing.T) {
 }
 
 // TestInvalidateDuringAdoption: a token refused by a server while a
-// refresh adopts that same token from the store is not served again.
+// refresh adopts that same token from the store is not served again. The
+// served copy goes stale (a large jitter) before the stored copy does, so
+// that the background refresh finds the stored one still fresh.
 func TestInvalidateDuringAdoption(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := &rotator{}
 		st := newHookStore()
-		tok := p.login()
-		if err := storage.SaveToken(context.Background(), st, ledgerKey, tok); err != nil {
+		if err := storage.SaveToken(context.Background(), st, ledgerKey, p.login()); err != nil {
 			t.Fatal(err)
 		}
 		src := newLedgerSource(t, p, st, ledgerKey)
+		var big atomic.Bool
+		big.Store(true)
+		src.cfg.jitter = func(n int64) int64 {
+			if big.Load() {
+				return n - 1
+			}
+			return 0
+		}
 		served, err := src.Token()
 		if err != nil {
 			t.Fatal(err)
 		}
+		big.Store(false)
 		// The next load finds the same token in the store; a request that
 		// used it is refused just then.
 		var once atomic.Bool
@@ -406,10 +432,12 @@ func TestInvalidateDuringAdoption(t *testing.T) {
 			}
 			return nil
 		})
-		src.Invalidate(&oauth2.Token{AccessToken: "tkat_other"}) // no effect
-		time.Sleep(56 * time.Minute)                             // stale: a background refresh runs
+		time.Sleep(54 * time.Minute) // stale as served, fresh as stored
 		src.Token()
 		synctest.Wait()
+		if !once.Load() {
+			t.Fatal("no refresh read the store")
+		}
 		got, err := src.Token()
 		if err != nil || got.AccessToken == served.AccessToken {
 			t.Fatalf("after Invalidate during adoption: got %v, %v; want a new token", got, err)

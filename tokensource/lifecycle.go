@@ -90,12 +90,15 @@ func (s *Source) keepSaving() {
 	go func() {
 		defer s.wg.Done()
 		defer s.saving.Store(false)
-		b := s.cfg.newBackOff()
+		// Short waits: while the token is unsaved, this Source holds the
+		// store's lock and other processes wait for it.
+		b := backoff.NewExponentialBackOff(
+			backoff.WithInitialInterval(100*time.Millisecond),
+			backoff.WithMaxInterval(2*time.Second),
+			backoff.WithMaxElapsedTime(0),
+		)
 		for {
 			d := b.NextBackOff()
-			if d == backoff.Stop {
-				d = 10 * time.Second
-			}
 			t := time.NewTimer(d)
 			select {
 			case <-s.stopped.Done():
@@ -270,7 +273,9 @@ func (s *Source) Close() error {
 	s.cancelHard()
 
 	var err error
-	ctx, cancel := s.saveCtx()
+	// The last save may have to wait for the store's lock, held by another
+	// process: as long as any lock wait, and then as long as any save.
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.lockTimeout+s.cfg.attemptTimeout)
 	defer cancel()
 	s.turn <- struct{}{} // free: everything that took it has returned
 	if st := s.cur.Load(); st != nil && st.unsaved {

@@ -97,6 +97,9 @@ func Config(tokenURL string) *oauth2.Config {
 // Main runs one child from its environment, writes its outcome line to w
 // and returns the exit status.
 func Main(w io.Writer) int {
+	if os.Getenv(EnvSim) != "" {
+		return runSim(os.Stdin, w)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	mode, dir, tokenURL := os.Getenv(EnvMode), os.Getenv(EnvDir), os.Getenv(EnvTokenURL)
