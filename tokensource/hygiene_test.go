@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"golang.org/x/oauth2"
 
 	"github.com/tokenkeep/tokenkeep/internal/authserver"
 	"github.com/tokenkeep/tokenkeep/storage"
@@ -145,7 +144,9 @@ func TestNoSecretAnywhere(t *testing.T) {
 				t.Fatal(err)
 			}
 			tok, _ := src.Token()
+			st.mu.Lock()
 			st.fail = true
+			st.mu.Unlock()
 			src.Invalidate(tok)
 			_, err := src.Token()
 			if !errors.Is(err, tokensource.ErrNotSaved) {
@@ -160,7 +161,7 @@ func TestNoSecretAnywhere(t *testing.T) {
 			f, _ := storage.NewFile(dir, key)
 			srv := authserver.New(authserver.Config{})
 			t.Cleanup(srv.Close)
-			w.err(f.Save(context.Background(), "e", srv.Mint()))
+			w.err(storage.SaveToken(context.Background(), f, "e", srv.Mint()))
 			other, _ := storage.RawKey(bytes.Repeat([]byte{1}, 32))
 			g, _ := storage.NewFile(dir, other)
 			_, err := g.Load(context.Background(), "e")
@@ -186,7 +187,7 @@ func TestNoSecretAnywhere(t *testing.T) {
 			key, _ := storage.RawKey(rawKey)
 			dir := filepath.Join(t.TempDir(), "s")
 			f, _ := storage.NewFile(dir, key)
-			f.Save(context.Background(), "alice", srv.Mint())
+			w.err(storage.SaveToken(context.Background(), f, "alice", srv.Mint()))
 			os.WriteFile(f.Path("alice"), []byte("TKKF garbage tkrt_in_file"), 0o600)
 			src := hygieneSourceOn(t, w, srv, f)
 			_, err := src.Token()
@@ -251,12 +252,12 @@ type failingSaves struct {
 	fail bool
 }
 
-func (f *failingSaves) Save(ctx context.Context, key string, t *oauth2.Token) error {
+func (f *failingSaves) Save(ctx context.Context, key string, r *storage.Record) error {
 	f.mu.Lock()
 	fail := f.fail
 	f.mu.Unlock()
 	if fail {
 		return errors.New("disk full")
 	}
-	return f.Store.Save(ctx, key, t)
+	return f.Store.Save(ctx, key, r)
 }

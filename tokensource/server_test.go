@@ -95,12 +95,13 @@ func TestServerRotationPersisted(t *testing.T) {
 		if err != nil {
 			t.Fatalf("refresh %d: %v", i, err)
 		}
-		stored, err := store.Load(context.Background(), "alice")
-		if err != nil {
-			t.Fatal(err)
-		}
+		rec := storedRecord(t, store, "alice")
+		stored := rec.Token
 		if !srv.RefreshTokenActive(stored.RefreshToken) || stored.AccessToken != tok.AccessToken {
 			t.Fatalf("refresh %d: the store does not hold the live session", i)
+		}
+		if got, want := rec.Generation, uint64(i+1); got != want {
+			t.Errorf("refresh %d: stored generation: got %d, want %d", i, got, want)
 		}
 		if stored.Extra("id_token") == nil || stored.Extra("scope") == nil {
 			t.Errorf("refresh %d: extra fields lost: id_token %v scope %v", i, stored.Extra("id_token"), stored.Extra("scope"))
@@ -117,52 +118,59 @@ func TestServerKeepsRefreshTokenWhenNotRotated(t *testing.T) {
 	t.Cleanup(srv.Close)
 	store := storage.NewMemory()
 	s := serverSource(t, srv, store)
-	before, _ := store.Load(context.Background(), "alice")
+	before := storedToken(t, store, "alice")
 	tok, _ := s.Token()
 	s.Invalidate(tok)
 	if _, err := s.Token(); err != nil {
 		t.Fatal(err)
 	}
-	after, _ := store.Load(context.Background(), "alice")
+	after := storedToken(t, store, "alice")
 	if after.RefreshToken == "" || after.RefreshToken != before.RefreshToken {
 		t.Error("the refresh token was dropped when the answer had none")
 	}
 }
 
+// TestServerInvalidGrant: an admin ends the session at the provider. One
+// token request finds out, the store keeps an ended record in place of the
+// dead refresh token, and the Source keeps saying so without asking again.
 func TestServerInvalidGrant(t *testing.T) {
 	srv := strictServer(t, authserver.Config{})
 	store := storage.NewMemory()
 	s := serverSource(t, srv, store)
-	before, _ := store.Load(context.Background(), "alice")
+	before := storedToken(t, store, "alice")
 	srv.RevokeFamilyOf(before.RefreshToken) // an admin ends the session
 	s.Invalidate(before)
 	srv.ResetStats()
-	for range 3 {
-		_, err := s.Token()
-		if !errors.Is(err, ErrReauthRequired) {
-			t.Fatalf("got %v, want ErrReauthRequired", err)
-		}
-		var re *oauth2.RetrieveError
-		if !errors.As(err, &re) || re.ErrorCode != "invalid_grant" {
-			t.Fatalf("got %v, want a wrapped invalid_grant", err)
+	_, err := s.Token()
+	if !errors.Is(err, ErrReauthRequired) {
+		t.Fatalf("got %v, want ErrReauthRequired", err)
+	}
+	var re *oauth2.RetrieveError
+	if !errors.As(err, &re) || re.ErrorCode != "invalid_grant" {
+		t.Fatalf("got %v, want a wrapped invalid_grant", err)
+	}
+	for range 2 {
+		if _, err := s.Token(); !errors.Is(err, ErrReauthRequired) {
+			t.Fatalf("again: got %v, want ErrReauthRequired", err)
 		}
 	}
 	if got := srv.Stats().TokenRequests; got != 1 {
 		t.Errorf("token requests: got %d, want 1", got)
 	}
-	after, _ := store.Load(context.Background(), "alice")
-	if after.RefreshToken != before.RefreshToken || after.AccessToken != before.AccessToken {
-		t.Error("the store was overwritten after invalid_grant")
-	}
+	wantEnded(t, store, "alice", 2, "refused by the provider: invalid_grant")
 }
 
 // TestServerFaults runs each kind of fault the server can inject against a
 // strict server and checks the documented outcome. Faults that replace the
-// answer never reach the grant, so a retry succeeds. Faults that spoil an
-// answer whose grant took effect (cut or mangled bodies) lose the rotated
-// refresh token in transit: the retry presents the old one, the server sees
-// reuse and ends the session, and the Source says to log in again. No
-// client can do better; it must not loop or corrupt the store.
+// answer never reach the grant, so a retry succeeds. An answer whose grant
+// took effect but whose token cannot be served keeps its rotated refresh
+// token when it can be read (expires_in negative: salvaged, then
+// redeemed). Faults that spoil such an answer beyond reading (cut bodies,
+// no access_token, an answer still arriving when the attempt is given up)
+// lose the rotated refresh token in transit: the retry presents the old
+// one, the server sees reuse and ends the session, and the Source says to
+// log in again and keeps an ended record. It must not loop or corrupt the
+// store.
 func TestServerFaults(t *testing.T) {
 	const ok, reauth, fails = "ok", "reauth", "fails"
 	tests := []struct {
@@ -202,7 +210,7 @@ func TestServerFaults(t *testing.T) {
 		{"expires_in null", []authserver.Fault{{Mutate: func(m map[string]any) { m["expires_in"] = nil }}}, ok, 1, 0},
 		{"expires_in missing", []authserver.Fault{{Mutate: func(m map[string]any) { delete(m, "expires_in") }}}, ok, 1, 0},
 		{"expires_in huge", []authserver.Fault{{Mutate: func(m map[string]any) { m["expires_in"] = 1e15 }}}, ok, 1, 0},
-		{"expires_in negative after the grant", []authserver.Fault{{Mutate: func(m map[string]any) { m["expires_in"] = -60 }}}, reauth, 2, 0},
+		{"expires_in negative after the grant", []authserver.Fault{{Mutate: func(m map[string]any) { m["expires_in"] = -60 }}}, ok, 2, 0},
 		{"slow body past the attempt timeout", []authserver.Fault{{SlowBody: 2 * time.Second}}, reauth, 2, 0},
 	}
 	for _, tt := range tests {
@@ -212,7 +220,7 @@ func TestServerFaults(t *testing.T) {
 			store := storage.NewMemory()
 			s := serverSource(t, srv, store, WithAttemptTimeout(500*time.Millisecond),
 				WithBackOff(func() backoff.BackOff { return backoff.NewConstantBackOff(10 * time.Millisecond) }))
-			before, _ := store.Load(context.Background(), "alice")
+			before := storedToken(t, store, "alice")
 			s.Invalidate(before)
 			srv.ResetStats()
 			if tt.faults[0].RetryAfter == "date+3s" { // HTTP-dates have one-second resolution
@@ -227,7 +235,7 @@ func TestServerFaults(t *testing.T) {
 				if err != nil {
 					t.Fatalf("got %v, want a token", err)
 				}
-				stored, _ := store.Load(context.Background(), "alice")
+				stored := storedToken(t, store, "alice")
 				if stored.AccessToken != tok.AccessToken || !srv.RefreshTokenActive(stored.RefreshToken) {
 					t.Error("the store does not hold the new live session")
 				}
@@ -235,15 +243,16 @@ func TestServerFaults(t *testing.T) {
 				if !errors.Is(err, ErrReauthRequired) {
 					t.Fatalf("got %v, want ErrReauthRequired", err)
 				}
+				if r := storedRecord(t, store, "alice"); r.State != storage.Ended || r.Generation != 2 ||
+					!strings.HasPrefix(r.Reason, "refused by the provider") {
+					t.Errorf("stored: got %v, want generation 2 ended as refused by the provider", r)
+				}
 			case fails:
 				if err == nil || errors.Is(err, ErrReauthRequired) {
 					t.Fatalf("got %v, want a plain failure", err)
 				}
-			}
-			if tt.want != ok {
-				stored, _ := store.Load(context.Background(), "alice")
-				if stored.RefreshToken != before.RefreshToken {
-					t.Error("a failed refresh changed the stored refresh token")
+				if r := storedRecord(t, store, "alice"); r.Generation != 1 || r.Token == nil || r.Token.RefreshToken != before.RefreshToken {
+					t.Errorf("stored: got %v; a failed refresh changed the stored session", r)
 				}
 			}
 			if got := srv.Stats().TokenRequests; got != tt.wantTries {
@@ -256,17 +265,20 @@ func TestServerFaults(t *testing.T) {
 	}
 }
 
+// TestServerRevoke: the provider no longer accepts the refresh token, and
+// the store keeps an ended record.
 func TestServerRevoke(t *testing.T) {
 	srv := strictServer(t, authserver.Config{})
 	store := storage.NewMemory()
 	s := serverSource(t, srv, store)
-	stored, _ := store.Load(context.Background(), "alice")
+	stored := storedToken(t, store, "alice")
 	if err := s.Revoke(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if srv.RefreshTokenActive(stored.RefreshToken) {
 		t.Error("the server still accepts the refresh token")
 	}
+	wantEnded(t, store, "alice", 2, "revoked")
 	if _, err := s.Token(); !errors.Is(err, ErrReauthRequired) {
 		t.Errorf("got %v, want ErrReauthRequired", err)
 	}
@@ -301,13 +313,14 @@ func TestServerBackgroundRefresh(t *testing.T) {
 // an echoing provider, and looks for any token value in the output.
 func TestNoSecretInErrorsOrLogs(t *testing.T) {
 	var logs bytes.Buffer
-	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var mu sync.Mutex
+	logger := slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var errs []string
-	var events []Event
-	opts := []Option{WithLogger(logger), quickBackOff(2), WithHook(func(e Event) { events = append(events, e) })}
+	var events eventLog
+	opts := []Option{WithLogger(logger), quickBackOff(2), WithHook(events.hook)}
 
 	srv := strictServer(t, authserver.Config{})
-	store := &faultyStore{Store: storage.NewMemory()}
+	store := newFaultyStore()
 	s := serverSource(t, srv, store, opts...)
 	tok, _ := s.Token()
 	secrets := []string{tok.AccessToken, tok.RefreshToken}
@@ -336,9 +349,14 @@ func TestNoSecretInErrorsOrLogs(t *testing.T) {
 			collect(&errs, err)
 		},
 		func() { // revocation failing at the provider, which echoes the token
-			cur, _ := store.Load(context.Background(), "alice")
+			// The refusal above ended the session; a new login revives it.
+			login := srv.Mint("openid", "offline_access")
+			secrets = append(secrets, login.AccessToken, login.RefreshToken)
+			if err := s.Put(context.Background(), login); err != nil {
+				t.Fatal(err)
+			}
 			srv.Inject(authserver.EndpointRevoke, authserver.Fault{Status: 503,
-				Body: `{"error":"temporarily_unavailable","error_description":"cannot revoke ` + cur.RefreshToken + `"}`})
+				Body: `{"error":"temporarily_unavailable","error_description":"cannot revoke ` + login.RefreshToken + `"}`})
 			collect(&errs, s.Revoke(context.Background()))
 		},
 	}
@@ -348,12 +366,14 @@ func TestNoSecretInErrorsOrLogs(t *testing.T) {
 	if len(errs) < 3 {
 		t.Fatalf("scenarios produced %d errors, want at least 3", len(errs))
 	}
-	for _, e := range events {
+	for _, e := range events.events() {
 		if e.Err != nil {
 			errs = append(errs, e.Err.Error())
 		}
 	}
+	mu.Lock()
 	out := logs.String() + strings.Join(errs, "\n") + s.String()
+	mu.Unlock()
 	for _, sec := range secrets {
 		if sec != "" && strings.Contains(out, sec) {
 			t.Errorf("a token value appears in errors or logs")
