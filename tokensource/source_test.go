@@ -1,8 +1,10 @@
 package tokensource
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"sync"
 	"testing"
@@ -604,6 +606,146 @@ func TestNewRejectsBadArguments(t *testing.T) {
 			if _, err := New(tt.r, tt.store, tt.key); err == nil {
 				t.Error("got nil error")
 			}
+		})
+	}
+}
+
+// TestRetryAfterWaited: a retry waits for the Retry-After the provider
+// sent, in seconds or as an HTTP-date, to the nanosecond of fake time.
+// (It was the minimum-wait column of TestServerFaults, a measurement of
+// real time.)
+func TestRetryAfterWaited(t *testing.T) {
+	tests := []struct {
+		name       string
+		status     int
+		retryAfter func(now time.Time) string
+		want       time.Duration
+	}{
+		{"429 seconds", http.StatusTooManyRequests, func(time.Time) string { return "1" }, time.Second},
+		{"503 seconds", http.StatusServiceUnavailable, func(time.Time) string { return "1" }, time.Second},
+		{"503 HTTP-date", http.StatusServiceUnavailable, func(now time.Time) string { return now.Add(3 * time.Second).UTC().Format(http.TimeFormat) }, 3 * time.Second},
+		{"500 HTTP-date", http.StatusInternalServerError, func(now time.Time) string { return now.Add(3 * time.Second).UTC().Format(http.TimeFormat) }, 3 * time.Second},
+		{"429 without Retry-After", http.StatusTooManyRequests, func(time.Time) string { return "" }, time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p := &fakeProvider{}
+				p.fail = func(n int64, _ *oauth2.Token) error {
+					if n > 1 {
+						return nil
+					}
+					h := http.Header{}
+					if v := tt.retryAfter(time.Now()); v != "" {
+						h.Set("Retry-After", v)
+					}
+					return providerError(tt.status, "", h)
+				}
+				s := newTestSource(t, p, storage.NewMemory(), quickBackOff(3))
+				if err := s.Put(context.Background(), &oauth2.Token{RefreshToken: "tkrt_0"}); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.Token(); err != nil {
+					t.Fatalf("got %v, want a token after the wait", err)
+				}
+				times := p.callTimes()
+				if len(times) != 2 {
+					t.Fatalf("token requests: got %d, want 2", len(times))
+				}
+				if got := times[1].Sub(times[0]); got != tt.want {
+					t.Errorf("retried after %v, want %v", got, tt.want)
+				}
+			})
+		})
+	}
+}
+
+// TestBackgroundRefreshNobodyWaits: with a steady stream of calls across
+// several lifetimes, nobody waits for the network. A call every 5 ms for
+// 5 s, 2 s tokens, 50 ms per refresh: in fake time a call that waited
+// would be seen to take time.
+func TestBackgroundRefreshNobodyWaits(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := &fakeProvider{life: 2 * time.Second, delay: 50 * time.Millisecond}
+		s := newTestSource(t, p, storage.NewMemory())
+		if err := s.Put(context.Background(), p.issue(0)); err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		end := time.Now().Add(5 * time.Second)
+		for time.Now().Before(end) {
+			start := time.Now()
+			tok, err := s.Token()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(start); d != 0 {
+				t.Fatalf("a call waited %v for a refresh", d)
+			}
+			seen[tok.AccessToken] = true
+			time.Sleep(5 * time.Millisecond)
+		}
+		// Stale 1.3 s after issue (delta 200 ms, window 500 ms), refreshed
+		// 50 ms later: at 1.3, 2.65 and 4 s.
+		if got := p.calls.Load(); got != 3 {
+			t.Errorf("refreshes: got %d, want 3", got)
+		}
+		if len(seen) != 4 {
+			t.Errorf("tokens served: got %d, want 4", len(seen))
+		}
+	})
+}
+
+// TestCloseDuringBackgroundRefreshIsQuiet: Close while a background refresh
+// runs is a clean shutdown, not a failure worth a warning — whether Close
+// cancels the refresh (it sent nothing yet: here it waits for the store's
+// lock) or lets it finish (its request is at the provider).
+func TestCloseDuringBackgroundRefreshIsQuiet(t *testing.T) {
+	tests := []struct {
+		name      string
+		delay     time.Duration // of the provider
+		lockHeld  bool          // another process holds the store's lock
+		wantCalls int64
+	}{
+		{"waiting for the store's lock", 0, true, 0},
+		{"request at the provider", 2 * time.Second, false, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var logs bytes.Buffer
+				var mu sync.Mutex
+				logger := slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logs}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+				p := &fakeProvider{delay: tt.delay}
+				store := storage.NewMemory()
+				s := newTestSource(t, p, store, WithLogger(logger))
+				if err := s.Put(context.Background(), p.issue(0)); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(time.Hour - 10*time.Second - 5*time.Minute) // into the early-refresh window
+				if tt.lockHeld {
+					unlock, err := store.Lock(context.Background(), testKey)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer unlock()
+				}
+				if _, err := s.Token(); err != nil {
+					t.Fatal(err)
+				}
+				synctest.Wait() // the background refresh waits for the lock or the provider
+				if err := s.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if got := p.calls.Load(); got != tt.wantCalls {
+					t.Errorf("token requests: got %d, want %d", got, tt.wantCalls)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if logs.Len() != 0 {
+					t.Fatalf("Close during a background refresh logged:\n%s", logs.String())
+				}
+			})
 		})
 	}
 }
