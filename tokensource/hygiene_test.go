@@ -77,16 +77,41 @@ func TestNoSecretAnywhere(t *testing.T) {
 		name string
 		run  func(t *testing.T)
 	}{
-		{"background refreshes through the transport", func(t *testing.T) {
-			srv, src := hygieneSource(t, w, authserver.Config{AccessTTL: 800 * time.Millisecond})
-			client := transport.NewClient(src)
-			for range 20 {
-				resp, err := client.Get(srv.ResourceURL())
-				w.err(err)
-				if err == nil {
-					resp.Body.Close()
+		{"background refreshes and 401s through the transport", func(t *testing.T) {
+			for range 3 {
+				var refreshed sync.WaitGroup
+				hook := func(e tokensource.Event) {
+					w.hook(e)
+					if e.Kind == tokensource.Refreshed {
+						refreshed.Done()
+					}
 				}
-				time.Sleep(50 * time.Millisecond)
+				srv, src := hygieneSource(t, w, authserver.Config{}, tokensource.WithHook(hook))
+				client := transport.NewClient(src)
+				get := func() {
+					resp, err := client.Get(srv.ResourceURL())
+					w.err(err)
+					if err == nil {
+						resp.Body.Close()
+					}
+				}
+				// A login in its early-refresh window: served while the
+				// next token is fetched in the background.
+				stale := srv.Mint()
+				stale.Expiry = time.Now().Add(2 * time.Minute)
+				if err := src.Put(context.Background(), stale); err != nil {
+					t.Fatal(err)
+				}
+				refreshed.Add(1)
+				get()
+				refreshed.Wait()
+				get()
+				// The resource refuses the access token: the transport
+				// invalidates it and the request is retried after a refresh.
+				srv.ExpireAccessTokens()
+				refreshed.Add(1)
+				get()
+				refreshed.Wait()
 			}
 		}},
 		{"503s ridden out", func(t *testing.T) {
@@ -110,7 +135,9 @@ func TestNoSecretAnywhere(t *testing.T) {
 			w.err(err)
 		}},
 		{"provider echoes the token in a 500 page", func(t *testing.T) {
-			srv, src := hygieneSource(t, w, authserver.Config{}, tokensource.WithRefreshTimeout(300*time.Millisecond))
+			srv, src := hygieneSource(t, w, authserver.Config{}, tokensource.WithBackOff(func() backoff.BackOff {
+				return backoff.WithMaxRetries(backoff.NewConstantBackOff(5*time.Millisecond), 2)
+			}))
 			tok, _ := src.Token()
 			srv.SetFailRate(authserver.EndpointToken, 1, authserver.Fault{Status: 500, ContentType: "text/html",
 				Body: "<html>refresh_token=" + tok.RefreshToken + "</html>"})
