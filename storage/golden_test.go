@@ -36,7 +36,7 @@ func TestGoldenFilesReadable(t *testing.T) {
 		t.Run(g.name, func(t *testing.T) {
 			if *update {
 				f := newFileStore(t, g.key(t))
-				if err := f.Save(bg, goldenEntry, sampleToken()); err != nil {
+				if err := SaveToken(bg, f, goldenEntry, sampleToken()); err != nil {
 					t.Fatal(err)
 				}
 				b, _ := os.ReadFile(f.Path(goldenEntry))
@@ -51,7 +51,7 @@ func TestGoldenFilesReadable(t *testing.T) {
 			}
 			f := newFileStore(t, g.key(t))
 			writeFile(t, f.Path(goldenEntry), b)
-			got, err := f.Load(bg, goldenEntry)
+			got, err := LoadToken(bg, f, goldenEntry)
 			if err != nil {
 				t.Fatalf("a version 1 file no longer reads: %v", err)
 			}

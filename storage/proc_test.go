@@ -34,7 +34,7 @@ func helperSaveLoop(dir string) error {
 		return err
 	}
 	for i := 1; ; i++ {
-		if err := f.Save(context.Background(), "e", pairToken(i)); err != nil {
+		if err := SaveToken(context.Background(), f, "e", pairToken(i)); err != nil {
 			return err
 		}
 		if i == 1 {
@@ -52,7 +52,7 @@ func TestFileCrashSafety(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Save(bg, "e", pairToken(0)); err != nil {
+	if err := SaveToken(bg, f, "e", pairToken(0)); err != nil {
 		t.Fatal(err)
 	}
 	progressed := 0
@@ -69,7 +69,7 @@ func TestFileCrashSafety(t *testing.T) {
 		time.Sleep(time.Duration(rand.IntN(5000)) * time.Microsecond)
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
-		got, err := f.Load(bg, "e")
+		got, err := LoadToken(bg, f, "e")
 		if err != nil {
 			t.Fatalf("kill %d: entry unreadable: %v", i, err)
 		}
@@ -89,7 +89,7 @@ func TestFileCrashSafety(t *testing.T) {
 	for _, p := range temps {
 		os.Chtimes(p, old, old)
 	}
-	if err := f.Save(bg, "e", pairToken(kills+1)); err != nil {
+	if err := SaveToken(bg, f, "e", pairToken(kills+1)); err != nil {
 		t.Fatal(err)
 	}
 	left, _ := filepath.Glob(filepath.Join(dir, tempPrefix(fileName("e"))+"*"))
@@ -166,17 +166,17 @@ func helperReadOnly(dir string) error {
 	if err != nil {
 		return err
 	}
-	if err := f.Save(bg, "e", pairToken(1)); err != nil {
+	if err := SaveToken(bg, f, "e", pairToken(1)); err != nil {
 		return err
 	}
 	if err := os.Chmod(dir, 0o500); err != nil {
 		return err
 	}
 	defer os.Chmod(dir, 0o700)
-	if err := f.Save(bg, "e", pairToken(2)); err == nil {
+	if err := SaveToken(bg, f, "e", pairToken(2)); err == nil {
 		return errors.New("Save into a read-only directory succeeded")
 	}
-	got, err := f.Load(bg, "e")
+	got, err := LoadToken(bg, f, "e")
 	if err != nil {
 		return err
 	}
