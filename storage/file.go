@@ -172,7 +172,7 @@ func (f *File) Save(ctx context.Context, key string, r *Record) error {
 		return f.errorf(key, "encrypt", err)
 	}
 	name := fileName(key)
-	return f.locks.write(ctx, key, f.lockPath(key), func() error {
+	return f.locks.write(ctx, key, f.lockPath(key), false, func() error {
 		cur, err := f.generation(ctx, key)
 		if err != nil {
 			return err
@@ -257,7 +257,7 @@ func writeAtomic(dir, name string, b []byte) (err error) {
 // Delete implements Store, under the entry's lock file like Save. The lock
 // file stays.
 func (f *File) Delete(ctx context.Context, key string) error {
-	return f.locks.write(ctx, key, f.lockPath(key), func() error {
+	return f.locks.write(ctx, key, f.lockPath(key), true, func() error {
 		err := os.Remove(f.Path(key))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return f.errorf(key, "delete", err)

@@ -15,3 +15,8 @@ func checkFile(string, fs.FileInfo) error { return nil }
 // syncDir is a no-op: Windows cannot open a directory for syncing, and NTFS
 // journals the rename itself.
 func syncDir(string) error { return nil }
+
+// removeLockFiles: on Windows a file removed while others hold it open
+// lingers in a pending state in which it cannot be opened, which would turn
+// into lock errors; lock files stay.
+const removeLockFiles = false

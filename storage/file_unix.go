@@ -53,3 +53,7 @@ func syncDir(dir string) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// removeLockFiles: on Unix a lock file can be unlinked while others hold it
+// open, and the lock protocol (see lockSet) makes that safe.
+const removeLockFiles = true

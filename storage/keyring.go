@@ -327,7 +327,7 @@ func (k *Keyring) Save(ctx context.Context, key string, r *Record) error {
 	if err != nil {
 		return k.errorf(key, "save", err)
 	}
-	return k.locks.write(ctx, key, path, func() error {
+	return k.locks.write(ctx, key, path, false, func() error {
 		var cur uint64
 		stored, err := k.Load(ctx, key)
 		switch {
@@ -399,7 +399,7 @@ func (k *Keyring) Delete(ctx context.Context, key string) error {
 	if err != nil {
 		return k.errorf(key, "delete", err)
 	}
-	return k.locks.write(ctx, key, path, func() error {
+	return k.locks.write(ctx, key, path, true, func() error {
 		old, hadOld := k.previous(ctx, key)
 		_, err := k.call(ctx, func() (string, error) { return "", k.opts.Backend.Delete(k.service, key) })
 		if err != nil && !errors.Is(err, ErrNotFound) {
