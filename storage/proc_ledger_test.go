@@ -177,4 +177,3 @@ func TestFileLockAcrossProcessesWhileLockFilesAreRemoved(t *testing.T) {
 	startTogether(t, procs, "lockdelete", "STORE_DIR="+dir)
 	t.Logf("%d processes × %d lock holds, half of them removing the lock file: never two at once", procs, procRounds)
 }
-
