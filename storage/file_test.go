@@ -73,9 +73,17 @@ func TestFileRoundTrip(t *testing.T) {
 			if _, err := f.Load(bg, "alice"); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("Load after Delete: got %v, want ErrNotFound", err)
 			}
+			for _, p := range []string{f.Path("alice"), f.Path("alice") + ".lock"} {
+				if _, err := os.Lstat(p); err == nil {
+					t.Errorf("Delete left %s", filepath.Base(p))
+				}
+			}
 			entries, _ := os.ReadDir(f.Dir())
 			for _, e := range entries {
-				if filepath.Ext(e.Name()) != ".tok" && filepath.Ext(e.Name()) != ".lock" {
+				switch filepath.Ext(e.Name()) {
+				case ".tok", ".name", ".lock": // the two other entries, with hashed names
+				case ".swept": // when NewFile last swept
+				default:
 					t.Errorf("left behind: %s", e.Name())
 				}
 			}
@@ -347,32 +355,53 @@ func TestFileTargetIsADirectory(t *testing.T) {
 	}
 }
 
-// TestFileSaveRemovesStaleTemps checks that a save sweeps up the temporary
-// files crashed writers left, and leaves alone one that may belong to a
-// write in progress and the files of other entries.
-func TestFileSaveRemovesStaleTemps(t *testing.T) {
+// TestNewFileSweepsStaleTemps checks that opening a store sweeps up the
+// temporary files crashed writers left (this version's and version 1's),
+// leaves alone one that may belong to a write in progress, and reads the
+// directory at most once per staleTemp for all the stores sharing it.
+func TestNewFileSweepsStaleTemps(t *testing.T) {
 	f := newFileStore(t, mustRaw(t, testKey()))
 	dir := f.Dir()
+	if err := os.Remove(filepath.Join(dir, sweepStamp)); err != nil {
+		t.Fatal(err)
+	}
 	old := time.Now().Add(-staleTemp - time.Minute)
-	stale := filepath.Join(dir, tempPrefix(fileName("e"))+"111")
-	recent := filepath.Join(dir, tempPrefix(fileName("e"))+"222")
-	other := filepath.Join(dir, tempPrefix(fileName("other"))+"333")
-	for _, p := range []string{stale, recent, other} {
+	stale := filepath.Join(dir, tempName(fileName("e")))
+	staleV1 := filepath.Join(dir, "."+fileName("e")+".tmp-111")
+	recentV1 := filepath.Join(dir, "."+fileName("e")+".tmp-222")
+	entry := filepath.Join(dir, fileName("other"))
+	for _, p := range []string{stale, staleV1, recentV1, entry} {
 		writeFile(t, p, []byte("half a token"))
 	}
-	for _, p := range []string{stale, other} {
+	for _, p := range []string{stale, staleV1, entry} {
 		if err := os.Chtimes(p, old, old); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := SaveToken(bg, f, "e", sampleToken()); err != nil {
+	if _, err := NewFile(dir, mustRaw(t, testKey())); err != nil {
 		t.Fatal(err)
 	}
-	for p, want := range map[string]bool{stale: false, recent: true, other: true} {
+	for p, want := range map[string]bool{stale: false, staleV1: false, recentV1: true, entry: true} {
 		_, err := os.Lstat(p)
 		if got := err == nil; got != want {
 			t.Errorf("%s: exists = %v, want %v", filepath.Base(p), got, want)
 		}
+	}
+	// Swept a moment ago: the next store does not read the directory.
+	writeFile(t, stale, []byte("half a token"))
+	os.Chtimes(stale, old, old)
+	if _, err := NewFile(dir, mustRaw(t, testKey())); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(stale); err != nil {
+		t.Error("a second store swept the directory again at once")
+	}
+	// A save replaces the entry's own leftover.
+	if err := SaveToken(bg, f, "e", sampleToken()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(stale); err == nil {
+		t.Error("a save left its entry's temporary file")
 	}
 	if _, err := f.Load(bg, "e"); err != nil {
 		t.Fatal(err)

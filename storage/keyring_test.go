@@ -288,3 +288,15 @@ func testLockExcludes(t *testing.T, l Locker) {
 		t.Fatalf("%d goroutines held the lock at once", maxHolders)
 	}
 }
+
+func TestKeyringRefusesTooLarge(t *testing.T) {
+	kr := &fakeKeyring{}
+	k := newFakeKeyring(t, kr, 2000)
+	huge := sampleToken().WithExtra(map[string]any{"id_token": strings.Repeat("x", maxEntrySize)})
+	if err := k.Save(bg, "alice", NewRecord(0, huge)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("got %v, want ErrTooLarge", err)
+	}
+	if n := kr.len(); n != 0 {
+		t.Fatalf("%d items written by a refused save", n)
+	}
+}
