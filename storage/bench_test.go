@@ -7,11 +7,13 @@ import "testing"
 func BenchmarkFileSave(b *testing.B) {
 	f := newFileStore(b, mustRaw(b, testKey()))
 	tok := sampleToken()
+	var gen uint64
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := f.Save(bg, "e", tok); err != nil {
+		if err := f.Save(bg, "e", NewRecord(gen, tok)); err != nil {
 			b.Fatal(err)
 		}
+		gen++
 	}
 }
 
@@ -19,7 +21,7 @@ func BenchmarkFileSave(b *testing.B) {
 // decode. No fsync is involved.
 func BenchmarkFileLoad(b *testing.B) {
 	f := newFileStore(b, mustRaw(b, testKey()))
-	if err := f.Save(bg, "e", sampleToken()); err != nil {
+	if err := SaveToken(bg, f, "e", sampleToken()); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
@@ -54,7 +56,7 @@ func BenchmarkKeyring(b *testing.B) {
 	tok := sampleToken()
 	b.Run("Save", func(b *testing.B) {
 		for b.Loop() {
-			if err := k.Save(bg, "e", tok); err != nil {
+			if err := SaveToken(bg, k, "e", tok); err != nil {
 				b.Fatal(err)
 			}
 		}

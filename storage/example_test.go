@@ -31,18 +31,23 @@ func ExampleNewFile() {
 		fmt.Println("nothing stored yet")
 	}
 	tok := (&oauth2.Token{AccessToken: "at", RefreshToken: "rt"}).WithExtra(map[string]any{"scope": "openid"})
-	if err := store.Save(ctx, "alice", tok); err != nil {
+	// The first record of an entry follows generation 0.
+	if err := store.Save(ctx, "alice", storage.NewRecord(0, tok)); err != nil {
 		log.Fatal(err)
 	}
 	got, err := store.Load(ctx, "alice")
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("scope:", got.Extra("scope"))
+	fmt.Println("generation:", got.Generation, "scope:", got.Token.Extra("scope"))
+	// A writer that started from generation 0 too has fallen behind.
+	err = store.Save(ctx, "alice", storage.NewRecord(0, tok))
+	fmt.Println("stale write refused:", errors.Is(err, storage.ErrConflict))
 	fi, _ := os.Stat(store.Path("alice"))
 	fmt.Printf("mode: %v\n", fi.Mode().Perm())
 	// Output:
 	// nothing stored yet
-	// scope: openid
+	// generation: 1 scope: openid
+	// stale write refused: true
 	// mode: -rw-------
 }

@@ -37,10 +37,10 @@ func TestFileRoundTrip(t *testing.T) {
 				t.Fatalf("Load of nothing: got %v, want ErrNotFound", err)
 			}
 			for _, name := range []string{"alice", "user@example.com/prod", ""} {
-				if err := f.Save(bg, name, sampleToken()); err != nil {
+				if err := SaveToken(bg, f, name, sampleToken()); err != nil {
 					t.Fatal(err)
 				}
-				got, err := f.Load(bg, name)
+				got, err := LoadToken(bg, f, name)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -73,9 +73,17 @@ func TestFileRoundTrip(t *testing.T) {
 			if _, err := f.Load(bg, "alice"); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("Load after Delete: got %v, want ErrNotFound", err)
 			}
+			for _, p := range []string{f.Path("alice"), f.Path("alice") + ".lock"} {
+				if _, err := os.Lstat(p); err == nil {
+					t.Errorf("Delete left %s", filepath.Base(p))
+				}
+			}
 			entries, _ := os.ReadDir(f.Dir())
 			for _, e := range entries {
-				if filepath.Ext(e.Name()) != ".tok" && filepath.Ext(e.Name()) != ".lock" {
+				switch filepath.Ext(e.Name()) {
+				case ".tok", ".name", ".lock": // the two other entries, with hashed names
+				case ".swept": // when NewFile last swept
+				default:
 					t.Errorf("left behind: %s", e.Name())
 				}
 			}
@@ -87,7 +95,7 @@ func TestFileNonceFreshOnEveryWrite(t *testing.T) {
 	f := newFileStore(t, mustRaw(t, testKey()))
 	seen := map[string]bool{}
 	for range 50 {
-		if err := f.Save(bg, "a", sampleToken()); err != nil {
+		if err := SaveToken(bg, f, "a", sampleToken()); err != nil {
 			t.Fatal(err)
 		}
 		b, _ := os.ReadFile(f.Path("a"))
@@ -127,13 +135,13 @@ func TestFileNames(t *testing.T) {
 // never a panic and never a token.
 func TestFileBadInput(t *testing.T) {
 	f := newFileStore(t, mustRaw(t, testKey()))
-	if err := f.Save(bg, "good", sampleToken()); err != nil {
+	if err := SaveToken(bg, f, "good", sampleToken()); err != nil {
 		t.Fatal(err)
 	}
 	good, _ := os.ReadFile(f.Path("good"))
 
 	future := bytes.Clone(good)
-	future[4] = 2
+	future[4] = formatVersion + 1
 	magic := bytes.Clone(good)
 	copy(magic, "XXXX")
 	kind := bytes.Clone(good)
@@ -167,7 +175,7 @@ func TestFileBadInput(t *testing.T) {
 
 func TestFileTruncatedAtEveryLength(t *testing.T) {
 	f := newFileStore(t, mustRaw(t, testKey()))
-	if err := f.Save(bg, "e", sampleToken()); err != nil {
+	if err := SaveToken(bg, f, "e", sampleToken()); err != nil {
 		t.Fatal(err)
 	}
 	good, _ := os.ReadFile(f.Path("e"))
@@ -207,7 +215,7 @@ func TestFileEveryBitFlipRejected(t *testing.T) {
 func TestFileWrongKey(t *testing.T) {
 	dir := t.TempDir()
 	a, _ := NewFile(dir, mustRaw(t, testKey()))
-	if err := a.Save(bg, "e", sampleToken()); err != nil {
+	if err := SaveToken(bg, a, "e", sampleToken()); err != nil {
 		t.Fatal(err)
 	}
 	other := testKey()
@@ -221,7 +229,7 @@ func TestFileWrongKey(t *testing.T) {
 
 	p, _ := PassphraseWithParams(testPassphrase, fastArgon2)
 	c, _ := NewFile(dir, p)
-	if err := c.Save(bg, "p", sampleToken()); err != nil {
+	if err := SaveToken(bg, c, "p", sampleToken()); err != nil {
 		t.Fatal(err)
 	}
 	wrong, _ := PassphraseWithParams([]byte("incorrect horse"), fastArgon2)
@@ -239,7 +247,7 @@ func TestFileWrongKey(t *testing.T) {
 
 func TestFileRenamedToAnotherEntry(t *testing.T) {
 	f := newFileStore(t, mustRaw(t, testKey()))
-	if err := f.Save(bg, "alice", sampleToken()); err != nil {
+	if err := SaveToken(bg, f, "alice", sampleToken()); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Rename(f.Path("alice"), f.Path("bob")); err != nil {
@@ -254,7 +262,7 @@ func TestFileRenamedToAnotherEntry(t *testing.T) {
 func TestFileAbsurdKDFParamsRejectedFast(t *testing.T) {
 	p, _ := PassphraseWithParams(testPassphrase, fastArgon2)
 	f := newFileStore(t, p)
-	if err := f.Save(bg, "e", sampleToken()); err != nil {
+	if err := SaveToken(bg, f, "e", sampleToken()); err != nil {
 		t.Fatal(err)
 	}
 	good, _ := os.ReadFile(f.Path("e"))
@@ -296,7 +304,7 @@ func TestFilePassphraseDerivedOncePerStore(t *testing.T) {
 	p, _ := PassphraseWithParams(testPassphrase, fastArgon2)
 	f := newFileStore(t, p)
 	for i := range 20 {
-		if err := f.Save(bg, "e", sampleToken()); err != nil {
+		if err := SaveToken(bg, f, "e", sampleToken()); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := f.Load(bg, "e"); err != nil {
@@ -313,7 +321,7 @@ func TestFilePassphraseDerivedOncePerStore(t *testing.T) {
 	if _, err := g.Load(bg, "e"); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.Save(bg, "e2", sampleToken()); err != nil {
+	if err := SaveToken(bg, g, "e2", sampleToken()); err != nil {
 		t.Fatal(err)
 	}
 	if got := len(pk.derived); got != 1 {
@@ -335,7 +343,7 @@ func TestFileTargetIsADirectory(t *testing.T) {
 	if _, err := f.Load(bg, "d"); err == nil || errors.Is(err, ErrNotFound) {
 		t.Fatalf("Load of a directory: got %v, want an error", err)
 	}
-	if err := f.Save(bg, "d", sampleToken()); err == nil {
+	if err := SaveToken(bg, f, "d", sampleToken()); err == nil {
 		t.Fatal("Save over a directory succeeded")
 	}
 	if _, err := NewFile(f.Path("x"), mustRaw(t, testKey())); err != nil {
@@ -347,32 +355,53 @@ func TestFileTargetIsADirectory(t *testing.T) {
 	}
 }
 
-// TestFileSaveRemovesStaleTemps checks that a save sweeps up the temporary
-// files crashed writers left, and leaves alone one that may belong to a
-// write in progress and the files of other entries.
-func TestFileSaveRemovesStaleTemps(t *testing.T) {
+// TestNewFileSweepsStaleTemps checks that opening a store sweeps up the
+// temporary files crashed writers left (this version's and version 1's),
+// leaves alone one that may belong to a write in progress, and reads the
+// directory at most once per staleTemp for all the stores sharing it.
+func TestNewFileSweepsStaleTemps(t *testing.T) {
 	f := newFileStore(t, mustRaw(t, testKey()))
 	dir := f.Dir()
+	if err := os.Remove(filepath.Join(dir, sweepStamp)); err != nil {
+		t.Fatal(err)
+	}
 	old := time.Now().Add(-staleTemp - time.Minute)
-	stale := filepath.Join(dir, tempPrefix(fileName("e"))+"111")
-	recent := filepath.Join(dir, tempPrefix(fileName("e"))+"222")
-	other := filepath.Join(dir, tempPrefix(fileName("other"))+"333")
-	for _, p := range []string{stale, recent, other} {
+	stale := filepath.Join(dir, tempName(fileName("e")))
+	staleV1 := filepath.Join(dir, "."+fileName("e")+".tmp-111")
+	recentV1 := filepath.Join(dir, "."+fileName("e")+".tmp-222")
+	entry := filepath.Join(dir, fileName("other"))
+	for _, p := range []string{stale, staleV1, recentV1, entry} {
 		writeFile(t, p, []byte("half a token"))
 	}
-	for _, p := range []string{stale, other} {
+	for _, p := range []string{stale, staleV1, entry} {
 		if err := os.Chtimes(p, old, old); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := f.Save(bg, "e", sampleToken()); err != nil {
+	if _, err := NewFile(dir, mustRaw(t, testKey())); err != nil {
 		t.Fatal(err)
 	}
-	for p, want := range map[string]bool{stale: false, recent: true, other: true} {
+	for p, want := range map[string]bool{stale: false, staleV1: false, recentV1: true, entry: true} {
 		_, err := os.Lstat(p)
 		if got := err == nil; got != want {
 			t.Errorf("%s: exists = %v, want %v", filepath.Base(p), got, want)
 		}
+	}
+	// Swept a moment ago: the next store does not read the directory.
+	writeFile(t, stale, []byte("half a token"))
+	os.Chtimes(stale, old, old)
+	if _, err := NewFile(dir, mustRaw(t, testKey())); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(stale); err != nil {
+		t.Error("a second store swept the directory again at once")
+	}
+	// A save replaces the entry's own leftover.
+	if err := SaveToken(bg, f, "e", sampleToken()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(stale); err == nil {
+		t.Error("a save left its entry's temporary file")
 	}
 	if _, err := f.Load(bg, "e"); err != nil {
 		t.Fatal(err)
@@ -381,7 +410,7 @@ func TestFileSaveRemovesStaleTemps(t *testing.T) {
 
 func TestFilePermissionsChecked(t *testing.T) {
 	f := newFileStore(t, mustRaw(t, testKey()))
-	if err := f.Save(bg, "e", sampleToken()); err != nil {
+	if err := SaveToken(bg, f, "e", sampleToken()); err != nil {
 		t.Fatal(err)
 	}
 	os.Chmod(f.Path("e"), 0o644)
@@ -404,7 +433,7 @@ func TestFileOwnedByAnotherUser(t *testing.T) {
 		t.Skip("needs root to give a file to another user")
 	}
 	f := newFileStore(t, mustRaw(t, testKey()))
-	if err := f.Save(bg, "e", sampleToken()); err != nil {
+	if err := SaveToken(bg, f, "e", sampleToken()); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chown(f.Path("e"), 65534, 65534); err != nil {
@@ -470,7 +499,7 @@ func TestKeyringKey(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			if err := f.Save(bg, string(rune('a'+i)), sampleToken()); err != nil {
+			if err := SaveToken(bg, f, string(rune('a'+i)), sampleToken()); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -509,7 +538,7 @@ func TestKeyringKey(t *testing.T) {
 
 func TestSealOpen(t *testing.T) {
 	key := mustRaw(t, testKey())
-	b, err := Seal(bg, key, "fleet/alice", sampleToken())
+	b, err := Seal(bg, key, "fleet/alice", NewRecord(0, sampleToken()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -517,7 +546,7 @@ func TestSealOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sameToken(t, got, sampleToken())
+	sameToken(t, got.Token, sampleToken())
 	if _, err := Open(bg, key, "fleet/bob", b); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("opened under another name: got %v, want ErrCorrupt", err)
 	}
@@ -530,7 +559,7 @@ func TestSealOpen(t *testing.T) {
 		t.Fatal("sealed a nil token")
 	}
 	kr, _ := KeyringKey("svc", "fleet", &KeyringOptions{Backend: &fakeKeyring{}})
-	b, err = Seal(bg, kr, "a", sampleToken())
+	b, err = Seal(bg, kr, "a", NewRecord(0, sampleToken()))
 	if err != nil {
 		t.Fatal(err)
 	}

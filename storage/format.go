@@ -195,7 +195,11 @@ func seal(ctx context.Context, k Key, env keyEnv, name string, r *Record) ([]byt
 	if err != nil {
 		return nil, err
 	}
-	return sealBytes(m.kind, m.params, m.key, name, pt)
+	b, err := sealBytes(m.kind, m.params, m.key, name, pt)
+	if err == nil && len(b) > maxEntrySize {
+		return nil, fmt.Errorf("%w: sealed, it is %d bytes; a load accepts at most %d", ErrTooLarge, len(b), maxEntrySize)
+	}
+	return b, err
 }
 
 // unseal authenticates, decrypts and decodes what seal wrote for name. A

@@ -317,17 +317,21 @@ func (k *Keyring) previous(ctx context.Context, key string) (manifest, bool) {
 // Save implements Store. The stored generation is read and compared, and
 // the value replaced, under the entry's lock file (taken for the write
 // unless this process holds it), so that no other process writes in
-// between.
+// between. A record whose encoding is larger than 1 MiB is refused with an
+// error matching ErrTooLarge, as the file store does.
 func (k *Keyring) Save(ctx context.Context, key string, r *Record) error {
 	b, err := encodeRecord(r)
 	if err != nil {
 		return k.errorf(key, "save", fmt.Errorf("refusing to save: %w", err))
 	}
+	if len(b) > maxEntrySize {
+		return k.errorf(key, "save", fmt.Errorf("%w: encoded, it is %d bytes; at most %d are kept", ErrTooLarge, len(b), maxEntrySize))
+	}
 	path, err := k.lockPath(key)
 	if err != nil {
 		return k.errorf(key, "save", err)
 	}
-	return k.locks.write(ctx, key, path, func() error {
+	return k.locks.write(ctx, key, path, false, func() error {
 		var cur uint64
 		stored, err := k.Load(ctx, key)
 		switch {
@@ -399,7 +403,7 @@ func (k *Keyring) Delete(ctx context.Context, key string) error {
 	if err != nil {
 		return k.errorf(key, "delete", err)
 	}
-	return k.locks.write(ctx, key, path, func() error {
+	return k.locks.write(ctx, key, path, true, func() error {
 		old, hadOld := k.previous(ctx, key)
 		_, err := k.call(ctx, func() (string, error) { return "", k.opts.Backend.Delete(k.service, key) })
 		if err != nil && !errors.Is(err, ErrNotFound) {

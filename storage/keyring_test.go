@@ -30,14 +30,14 @@ func newFakeKeyring(t testing.TB, kr *fakeKeyring, chunk int) *Keyring {
 func TestKeyringChunksLargeTokens(t *testing.T) {
 	kr := &fakeKeyring{limit: 2000}
 	k := newFakeKeyring(t, kr, 2000)
-	if err := k.Save(bg, "alice", bigToken()); err != nil {
+	if err := SaveToken(bg, k, "alice", bigToken()); err != nil {
 		t.Fatal(err)
 	}
 	items := kr.len()
 	if items < 9 {
 		t.Fatalf("a 16 KB token in %d items; want it chunked", items)
 	}
-	got, err := k.Load(bg, "alice")
+	got, err := LoadToken(bg, k, "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,20 +45,20 @@ func TestKeyringChunksLargeTokens(t *testing.T) {
 		t.Fatal("id_token lost in chunking")
 	}
 	// A new value replaces the chunks, leaving no orphans.
-	if err := k.Save(bg, "alice", bigToken()); err != nil {
+	if err := SaveToken(bg, k, "alice", bigToken()); err != nil {
 		t.Fatal(err)
 	}
 	if got := kr.len(); got != items {
 		t.Fatalf("after a second save: %d items, want %d", got, items)
 	}
 	// A small value goes back to one item.
-	if err := k.Save(bg, "alice", sampleToken()); err != nil {
+	if err := SaveToken(bg, k, "alice", sampleToken()); err != nil {
 		t.Fatal(err)
 	}
 	if got := kr.len(); got != 1 {
 		t.Fatalf("after a small save: %d items, want 1", got)
 	}
-	if err := k.Save(bg, "alice", bigToken()); err != nil {
+	if err := SaveToken(bg, k, "alice", bigToken()); err != nil {
 		t.Fatal(err)
 	}
 	if err := k.Delete(bg, "alice"); err != nil {
@@ -78,7 +78,7 @@ func TestKeyringChunksLargeTokens(t *testing.T) {
 func TestKeyringUnchunkedRefusedByLimit(t *testing.T) {
 	kr := &fakeKeyring{limit: 2000}
 	k := newFakeKeyring(t, kr, -1)
-	err := k.Save(bg, "alice", bigToken())
+	err := SaveToken(bg, k, "alice", bigToken())
 	if err == nil {
 		t.Fatal("a 16 KB value went into a 2,000-byte keyring")
 	}
@@ -88,7 +88,7 @@ func TestKeyringUnchunkedRefusedByLimit(t *testing.T) {
 func TestKeyringBadValues(t *testing.T) {
 	kr := &fakeKeyring{}
 	k := newFakeKeyring(t, kr, 1000)
-	if err := k.Save(bg, "alice", bigToken()); err != nil {
+	if err := SaveToken(bg, k, "alice", bigToken()); err != nil {
 		t.Fatal(err)
 	}
 	manifest, _ := kr.Get("tokenkeep-test", "alice")
@@ -141,7 +141,7 @@ func TestKeyringBackendErrorsAreUnavailable(t *testing.T) {
 	k := newFakeKeyring(t, kr, -1)
 	for name, err := range map[string]error{
 		"load":   func() error { _, err := k.Load(bg, "a"); return err }(),
-		"save":   k.Save(bg, "a", sampleToken()),
+		"save":   SaveToken(bg, k, "a", sampleToken()),
 		"delete": k.Delete(bg, "a"),
 	} {
 		if !errors.Is(err, ErrUnavailable) {
@@ -206,10 +206,10 @@ func TestKeyringSecretService(t *testing.T) {
 				t.Fatalf("Load of nothing: got %v, want ErrNotFound", err)
 			}
 			for _, tok := range []*oauth2.Token{sampleToken(), bigToken(), sampleToken()} {
-				if err := k.Save(bg, name, tok); err != nil {
+				if err := SaveToken(bg, k, name, tok); err != nil {
 					t.Fatal(err)
 				}
-				got, err := k.Load(bg, name)
+				got, err := LoadToken(bg, k, name)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -235,7 +235,7 @@ func TestKeyringKeySecretService(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := newFileStore(t, key)
-	if err := f.Save(bg, "e", bigToken()); err != nil {
+	if err := SaveToken(bg, f, "e", bigToken()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.Load(bg, "e"); err != nil {
@@ -286,5 +286,17 @@ func testLockExcludes(t *testing.T, l Locker) {
 	wg.Wait()
 	if maxHolders != 1 {
 		t.Fatalf("%d goroutines held the lock at once", maxHolders)
+	}
+}
+
+func TestKeyringRefusesTooLarge(t *testing.T) {
+	kr := &fakeKeyring{}
+	k := newFakeKeyring(t, kr, 2000)
+	huge := sampleToken().WithExtra(map[string]any{"id_token": strings.Repeat("x", maxEntrySize)})
+	if err := k.Save(bg, "alice", NewRecord(0, huge)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("got %v, want ErrTooLarge", err)
+	}
+	if n := kr.len(); n != 0 {
+		t.Fatalf("%d items written by a refused save", n)
 	}
 }

@@ -94,6 +94,10 @@ func runHelper(name string) int {
 		err = helperHoldLock(os.Getenv("STORE_DIR"))
 	case "nobus":
 		err = helperNoBus()
+	case "ledgerwriter":
+		err = helperLedgerWriter(os.Getenv("STORE_DIR"))
+	case "lockdelete":
+		err = helperLockDelete(os.Getenv("STORE_DIR"))
 	case "readonly":
 		err = helperReadOnly(os.Getenv("STORE_DIR"))
 	default:

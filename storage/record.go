@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -142,6 +144,10 @@ func checkGeneration(cur uint64, r *Record) error {
 	return nil
 }
 
+// maxLifetimeMS is the longest lifetime, in milliseconds, that a
+// time.Duration holds.
+const maxLifetimeMS = math.MaxInt64 / int64(time.Millisecond)
+
 // recordVersion is the version of the record encoding, which is also the
 // file format version that carries it.
 const recordVersion = 2
@@ -193,8 +199,14 @@ func decodeRecord(b []byte) (*Record, error) {
 	if err := dec.Decode(&w); err != nil {
 		return nil, errFormat("record is not valid JSON of the expected shape")
 	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errFormat("record is followed by other data")
+	}
 	if w.V != recordVersion {
 		return nil, errFormat("record version %d is not supported (this build reads version %d)", w.V, recordVersion)
+	}
+	if w.LifetimeMS < 0 || w.LifetimeMS > maxLifetimeMS {
+		return nil, errFormat("record lifetime out of range")
 	}
 	r := &Record{Generation: w.Generation, Reason: w.Reason, Lifetime: time.Duration(w.LifetimeMS) * time.Millisecond}
 	switch w.State {

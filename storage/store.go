@@ -82,6 +82,11 @@ var (
 	// has already seen (a rollback) with it.
 	ErrCorrupt = errors.New("storage: stored token is corrupt or was encrypted with another key")
 
+	// ErrTooLarge means a record was refused on save because its stored
+	// form would be larger than a load accepts (1 MiB for a file or a
+	// sealed value). Nothing was written; saving it again will fail again.
+	ErrTooLarge = errors.New("storage: record too large to store")
+
 	// ErrUnavailable means the backend could not be reached in time: no
 	// Secret Service on the session bus, a locked or hung keyring, an
 	// unreachable server. It is transient from the store's point of view;

@@ -148,7 +148,7 @@ func (a *tokenStore) Save(ctx context.Context, key string, r *Record) error {
 	}
 	extra[recordField] = meta
 	t = tokencodec.WithExtras(t, extra)
-	return a.locks.write(ctx, key, "", func() error {
+	return a.locks.write(ctx, key, "", false, func() error {
 		var cur uint64
 		stored, err := a.Load(ctx, key)
 		switch {
@@ -166,5 +166,5 @@ func (a *tokenStore) Save(ctx context.Context, key string, r *Record) error {
 }
 
 func (a *tokenStore) Delete(ctx context.Context, key string) error {
-	return a.locks.write(ctx, key, "", func() error { return a.ts.Delete(ctx, key) })
+	return a.locks.write(ctx, key, "", false, func() error { return a.ts.Delete(ctx, key) })
 }
