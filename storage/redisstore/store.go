@@ -84,10 +84,10 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Store is a storage.Store and storage.LeaseLocker that keeps each entry's
-// sealed record in Redis, writes it conditionally, and serialises refreshes
-// with a fenced, renewed lease. See the package documentation for the key
-// layout and the guarantees.
+// Store is a storage.Store, storage.LeaseLocker and storage.Lister that
+// keeps each entry's sealed record in Redis, writes it conditionally, and
+// serialises refreshes with a fenced, renewed lease. See the package
+// documentation for the key layout and the guarantees.
 //
 // A Store is safe for concurrent use. Several Stores, in one process or in
 // many, may share one Redis.
@@ -110,6 +110,7 @@ type Store struct {
 var (
 	_ storage.Store       = (*Store)(nil)
 	_ storage.LeaseLocker = (*Store)(nil)
+	_ storage.Lister      = (*Store)(nil)
 )
 
 // New returns a Store that keeps records in the Redis that client reaches,

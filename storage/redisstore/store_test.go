@@ -621,6 +621,7 @@ func TestUnavailable(t *testing.T) {
 				{"save", func() error { return s.Save(ctx, "alice", record(1, "alice")) }},
 				{"delete", func() error { return s.Delete(ctx, "alice") }},
 				{"lock", func() error { _, err := s.Lock(ctx, "alice"); return err }},
+				{"list", func() error { return s.List(ctx, func(string) bool { return true }) }},
 			} {
 				done := make(chan error, 1)
 				go func() { done <- op.f() }()
