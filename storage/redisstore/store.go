@@ -86,8 +86,9 @@ type Options struct {
 
 // Store is a storage.Store, storage.LeaseLocker and storage.Lister that
 // keeps each entry's sealed record in Redis, writes it conditionally, and
-// serialises refreshes with a fenced, renewed lease. See the package
-// documentation for the key layout and the guarantees.
+// serialises refreshes with a fenced, renewed lease. It also implements
+// [GenerationWaiter]. See the package documentation for the key layout and
+// the guarantees.
 //
 // A Store is safe for concurrent use. Several Stores, in one process or in
 // many, may share one Redis.
@@ -101,6 +102,8 @@ type Store struct {
 	sems map[string]chan struct{} // one-slot semaphore per entry, within this process
 	held map[string]*lease        // the lease this process holds, per entry
 
+	watch watcher // the subscription WaitGeneration listens on
+
 	pause     atomic.Bool     // tests: skip renewals, as a stalled process would
 	onRenew   func(err error) // tests: called after every renewal attempt; set before the first Lock
 	onRelease func()          // tests: called when an abandoned lease attempt was undone
@@ -111,6 +114,7 @@ var (
 	_ storage.Store       = (*Store)(nil)
 	_ storage.LeaseLocker = (*Store)(nil)
 	_ storage.Lister      = (*Store)(nil)
+	_ GenerationWaiter    = (*Store)(nil)
 )
 
 // New returns a Store that keeps records in the Redis that client reaches,

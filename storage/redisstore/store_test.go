@@ -622,6 +622,7 @@ func TestUnavailable(t *testing.T) {
 				{"delete", func() error { return s.Delete(ctx, "alice") }},
 				{"lock", func() error { _, err := s.Lock(ctx, "alice"); return err }},
 				{"list", func() error { return s.List(ctx, func(string) bool { return true }) }},
+				{"wait", func() error { _, err := s.WaitGeneration(ctx, "alice", 0); return err }},
 			} {
 				done := make(chan error, 1)
 				go func() { done <- op.f() }()
@@ -647,6 +648,9 @@ func TestCallerContext(t *testing.T) {
 	}
 	if err := s.Save(ctx, "alice", record(1, "alice")); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Save with a cancelled context: got %v, want context.Canceled", err)
+	}
+	if _, err := s.WaitGeneration(ctx, "alice", 0); !errors.Is(err, context.Canceled) {
+		t.Fatalf("WaitGeneration with a cancelled context: got %v, want context.Canceled", err)
 	}
 }
 
