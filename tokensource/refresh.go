@@ -250,7 +250,7 @@ func (r *refresh) adopt(t *oauth2.Token) *oauth2.Token {
 // token.
 func (r *refresh) fail(err error, base *oauth2.Token) error {
 	reauth := needsReauth(err)
-	var rerr error = &RefreshError{Key: r.s.key, Attempts: r.attempts, Err: err, reauth: reauth, secrets: secretsOf(base)}
+	var rerr error = &RefreshError{Key: r.s.key, Attempts: r.attempts, Err: err, reauth: reauth, secrets: hide(secretsOf(base))}
 	if reauth {
 		// A token that is still valid is served until it expires; after
 		// that, the error.
