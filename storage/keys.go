@@ -125,6 +125,9 @@ var (
 
 const saltSize = 16
 
+// idKey is argon2.IDKey; tests replace it to watch a derivation under way.
+var idKey = argon2.IDKey
+
 func (p Argon2Params) check() error {
 	switch {
 	case p.Time < 1 || p.Time > MaxArgon2Params.Time:
@@ -197,7 +200,7 @@ func (k *passphraseKey) derive(encoded []byte, p Argon2Params, salt []byte) []by
 	if key, ok := k.derived[string(encoded)]; ok {
 		return key
 	}
-	key := argon2.IDKey(k.pass, salt, p.Time, p.MemoryKiB, p.Threads, 32)
+	key := idKey(k.pass, salt, p.Time, p.MemoryKiB, p.Threads, 32)
 	k.derived[string(encoded)] = key
 	if k.current == nil {
 		k.current = encoded
