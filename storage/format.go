@@ -214,6 +214,9 @@ func unseal(ctx context.Context, k Key, env keyEnv, name string, b []byte) (*oau
 	if err != nil {
 		return nil, err
 	}
+	if a, ok := k.(authenticator); ok {
+		a.authenticated(h) // only now may the header's parameters be trusted
+	}
 	t, err := tokencodec.Decode(pt)
 	if err != nil {
 		return nil, fmt.Errorf("%v: %w", err, ErrCorrupt)
