@@ -11,9 +11,13 @@
 //
 // A token is a password for as long as it lives, so a Transport sends it to
 // trusted hosts only. Those are the entries of [Transport.Hosts], matched by
-// host and port, case-insensitively, a missing port standing for the
-// scheme's default; or, if Hosts is empty, the scheme and host of the first
-// request the Transport sees. Requests to any other host, and plain-http
+// host and port, a missing port standing for the scheme's default; or, if
+// Hosts is empty, the scheme and host of the first request the Transport
+// sees. Hosts are compared as net/http dials them: ASCII names
+// case-insensitively, other names by the ASCII form IDNA maps them to
+// (UTS #46), never by Unicode case folding, which takes "σς.example" and
+// "σσ.example", two different hosts, for one. A name with no IDNA form
+// gets no token. Requests to any other host, and plain-http
 // requests when the trusted origin is https (a downgrade), are still sent,
 // but without a token: the server answers them as it would an anonymous
 // request.

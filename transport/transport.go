@@ -10,7 +10,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
+	"golang.org/x/net/idna"
 	"golang.org/x/oauth2"
 )
 
@@ -48,8 +50,10 @@ type Transport struct {
 	Base http.RoundTripper
 
 	// Hosts lists the hosts that may receive the token, as "host" or
-	// "host:port" ("[::1]:8080" for IPv6), matched case-insensitively;
-	// a missing port stands for the default port of the request's scheme.
+	// "host:port" ("[::1]:8080" for IPv6), matched as net/http dials them:
+	// case-insensitively, and a name that is not ASCII by its IDNA ASCII
+	// form ("bücher.example" is "xn--bcher-kva.example"); a missing port
+	// stands for the default port of the request's scheme.
 	// The token goes to them over https, and over plain http only when the
 	// host is a loopback address or the entry is written "http://host" or
 	// "http://host:port". An "https://" prefix is allowed and changes
@@ -236,15 +240,15 @@ func closeBody(req *http.Request) {
 	}
 }
 
-// origin is the scheme, lower-cased host and port (the scheme's default if
-// none was given) of a URL.
+// origin is the scheme, host in dialName's form and port (the scheme's
+// default if none was given) of a URL.
 type origin struct {
 	scheme, host, port string
 }
 
 // hostRule is one parsed entry of Transport.Hosts.
 type hostRule struct {
-	host      string // lower case, without brackets
+	host      string // in dialName's form, without brackets
 	port      string // empty for the default port of the request's scheme
 	plainHTTP bool   // the entry was written with "http://"
 }
@@ -270,17 +274,21 @@ func (t *Transport) trusted(scheme, host, port string) bool {
 			port = "443"
 		}
 	}
+	host, ok := dialName(host)
+	if !ok {
+		return false // net/http cannot dial it; and it must not become the pin
+	}
 	if len(t.Hosts) > 0 {
 		return t.listed(https, host, port)
 	}
 	p := t.pin.Load()
 	if p == nil {
-		p = &origin{scheme: strings.ToLower(scheme), host: strings.ToLower(host), port: port}
+		p = &origin{scheme: strings.ToLower(scheme), host: host, port: port}
 		if !t.pin.CompareAndSwap(nil, p) {
 			p = t.pin.Load()
 		}
 	}
-	if !strings.EqualFold(host, p.host) || port != p.port {
+	if host != p.host || port != p.port {
 		return false
 	}
 	if https {
@@ -289,11 +297,11 @@ func (t *Transport) trusted(scheme, host, port string) bool {
 	return p.scheme == "http" && isLoopback(host)
 }
 
-// listed reports whether host and port match an entry of Hosts that allows
-// the scheme.
+// listed reports whether host, in dialName's form, and port match an entry
+// of Hosts that allows the scheme.
 func (t *Transport) listed(https bool, host, port string) bool {
 	for _, r := range t.hostRules() {
-		if !strings.EqualFold(host, r.host) {
+		if host != r.host {
 			continue
 		}
 		if r.port != port && (r.port != "" || port != defaultPort(https)) {
@@ -360,8 +368,31 @@ func parseHost(s string) (hostRule, bool) {
 	if host == "" {
 		return r, false
 	}
-	r.host, r.port = strings.ToLower(host), port
+	host, ok := dialName(host)
+	if !ok {
+		return r, false
+	}
+	r.host, r.port = host, port
 	return r, true
+}
+
+// dialName returns host as net/http dials it, for comparing hosts: an
+// ASCII name in lower case, any other in the ASCII form that IDNA's lookup
+// mapping (UTS #46, as net/http applies it) gives it. Unicode case folding
+// will not do: it equates "σς" and "σσ", which IDNA maps to two different
+// names. ok is false for a name that has no such form, which net/http
+// cannot dial either.
+func dialName(host string) (name string, ok bool) {
+	for i := 0; i < len(host); i++ {
+		if host[i] >= utf8.RuneSelf {
+			a, err := idna.Lookup.ToASCII(host)
+			if err != nil {
+				return "", false
+			}
+			return strings.ToLower(a), true
+		}
+	}
+	return strings.ToLower(host), true // no copy when it is lower case already
 }
 
 // isLoopback reports whether host names this machine: "localhost", a name

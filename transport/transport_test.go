@@ -182,6 +182,14 @@ func TestTrustedHosts(t *testing.T) {
 			"http://localhost:9000/", "http://LOCALHOST:9001/", "http://[::1]:8080/", "https://[::2]/", "http://[::2]/",
 		}, []bool{true, false, true, true, false}},
 		{"other scheme", nil, []string{"ftp://api.example.com/"}, []bool{false}},
+		// Hosts are compared as they are dialled, in their IDNA ASCII
+		// form, not by Unicode case folding, which equates σ and ς.
+		{"pin final sigma", nil, []string{"https://σσ.example/", "https://σς.example/", "https://ΣΣ.example/"}, []bool{true, false, true}},
+		{"hosts final sigma", []string{"σσ.example"}, []string{"https://σς.example/", "https://ΣΣ.example/", "https://xn--4xaa.example/"}, []bool{false, true, true}},
+		{"pin sharp s", nil, []string{"https://straße.example/", "https://strasse.example/"}, []bool{true, false}},
+		{"hosts IDNA forms", []string{"BÜCHER.example"}, []string{"https://xn--bcher-kva.example/", "https://bücher.example/", "https://bucher.example/"}, []bool{true, true, false}},
+		{"pin ASCII, then its Unicode spelling", nil, []string{"https://xn--bcher-kva.example/", "https://Bücher.example/"}, []bool{true, true}},
+		{"pin host with no IDNA form", nil, []string{"https://σ_σ.example/", "https://σ_σ.example/", "https://a.example/"}, []bool{false, false, true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
