@@ -35,7 +35,8 @@
 // # Requests that carry their own credentials
 //
 // A request that already has an Authorization header, even an empty one,
-// is sent untouched: the Transport adds no token and does not act on a 401
+// and whatever the case of its name in the Header map ("authorization"
+// counts), is sent untouched: the Transport adds no token and does not act on a 401
 // answer. This lets one client mix calls that need other credentials. If it
 // is the first request of a Transport without Hosts, its origin is still
 // the one pinned.

@@ -87,7 +87,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// pins the origin, lest a redirect elsewhere become the first to
 	// receive the token.
 	trusted := t.trusted(req.URL.Scheme, req.URL.Hostname(), req.URL.Port())
-	if _, preset := req.Header["Authorization"]; preset || !trusted {
+	if !trusted || hasAuthorization(req.Header) {
 		return base.RoundTrip(req)
 	}
 	tok, err := t.token(req.Context())
@@ -100,6 +100,21 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, err
 	}
 	return t.replay(req, resp, tok)
+}
+
+// hasAuthorization reports whether h holds an Authorization field under
+// any spelling of its name, empty or not: net/http sends a key as it is
+// spelt in the map, so a caller's "authorization" goes out beside ours.
+func hasAuthorization(h http.Header) bool {
+	if _, ok := h["Authorization"]; ok {
+		return true
+	}
+	for k := range h {
+		if len(k) == len("Authorization") && strings.EqualFold(k, "Authorization") {
+			return true
+		}
+	}
+	return false
 }
 
 // replay handles a 401 answer to req sent with used: it invalidates used
