@@ -66,6 +66,21 @@
 // A 401 with another error, such as insufficient_scope, and any 403 mean
 // that no token of this session would do: they are returned as they are.
 //
+// # A server that refuses every token
+//
+// A server that answers 401 to every token, fresh ones included (a
+// misconfigured audience, a revoked client, a broken gateway), would
+// otherwise cost a refresh per request. So after a 401 answer has made the
+// Transport invalidate a token, 401 answers to requests sent with any other
+// token (the new one, typically) invalidate nothing for
+// [Transport.RecoveryInterval], 30 seconds by default: such a request is
+// sent again only if the Source already holds a newer token, and otherwise
+// its 401 answer is returned as it is. Refusals of the token last
+// invalidated still count, since they join the refresh under way. A
+// server that refuses every token thus costs at most one refresh per
+// interval and Transport. [WithRecoveryInterval] sets the interval for
+// [NewClient]; a negative interval turns the limit off.
+//
 // # Errors
 //
 // If the Source cannot supply a token, no request is sent and RoundTrip

@@ -64,9 +64,32 @@ type Transport struct {
 	// http or https, or names no host, gets no token and pins nothing.
 	Hosts []string
 
-	rules atomic.Pointer[[]hostRule] // Hosts, parsed on first use
-	pin   atomic.Pointer[origin]     // the first request's origin, when Hosts is empty
-	auth  atomic.Pointer[authHeader] // the header value of the token last sent
+	// RecoveryInterval is the least time between two refreshes that 401
+	// answers cause. Once a 401 answer has made the Transport invalidate a
+	// token, a 401 answer to a request sent with another token, such as
+	// the new one, invalidates nothing until RecoveryInterval has passed:
+	// the request is sent again only if the Source has a newer token
+	// anyway, and otherwise the 401 answer is returned as it is. So an
+	// endpoint that refuses every token costs one refresh per interval,
+	// not one per request. If zero, DefaultRecoveryInterval is used; if
+	// negative, every refusal invalidates the token it refused.
+	RecoveryInterval time.Duration
+
+	rules    atomic.Pointer[[]hostRule] // Hosts, parsed on first use
+	pin      atomic.Pointer[origin]     // the first request's origin, when Hosts is empty
+	auth     atomic.Pointer[authHeader] // the header value of the token last sent
+	recovery atomic.Pointer[recovery]   // the last token a 401 answer made the Transport invalidate
+}
+
+// DefaultRecoveryInterval is the least time between two refreshes caused
+// by 401 answers when Transport.RecoveryInterval is zero.
+const DefaultRecoveryInterval = 30 * time.Second
+
+// recovery is a token a 401 answer refused, and when the Transport
+// invalidated it.
+type recovery struct {
+	tok *oauth2.Token
+	at  time.Time
 }
 
 // RoundTrip implements [http.RoundTripper]. It sends req with a token if
@@ -121,7 +144,9 @@ func hasAuthorization(h http.Header) bool {
 // and, if req's body can be sent again, sends req once more with a new
 // token. Otherwise it returns resp as it is.
 func (t *Transport) replay(req *http.Request, resp *http.Response, used *oauth2.Token) (*http.Response, error) {
-	t.Source.Invalidate(used)
+	if t.mayInvalidate(used) {
+		t.Source.Invalidate(used)
+	}
 	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
 		return resp, nil
 	}
@@ -141,6 +166,33 @@ func (t *Transport) replay(req *http.Request, resp *http.Response, used *oauth2.
 	}
 	discard(resp)
 	return t.base().RoundTrip(t.authorized(req, body, tok))
+}
+
+// mayInvalidate reports whether a 401 answer to a request sent with used
+// may invalidate it, and notes it if so: always for the token last
+// invalidated (other requests refused at once join its refresh, which the
+// Source makes once), and for another token only once RecoveryInterval has
+// passed since then.
+func (t *Transport) mayInvalidate(used *oauth2.Token) bool {
+	interval := t.RecoveryInterval
+	switch {
+	case interval < 0:
+		return true
+	case interval == 0:
+		interval = DefaultRecoveryInterval
+	}
+	for {
+		last := t.recovery.Load()
+		switch {
+		case last != nil && last.tok == used:
+			return true
+		case last != nil && time.Since(last.at) < interval:
+			return false
+		}
+		if t.recovery.CompareAndSwap(last, &recovery{tok: used, at: time.Now()}) {
+			return true
+		}
+	}
 }
 
 // token returns a token from the Source, with errors ready to return.
@@ -422,9 +474,10 @@ func isLoopback(host string) bool {
 
 // clientConfig collects the Options of NewClient.
 type clientConfig struct {
-	base    http.RoundTripper
-	hosts   []string
-	timeout time.Duration
+	base     http.RoundTripper
+	hosts    []string
+	timeout  time.Duration
+	recovery time.Duration
 }
 
 // Option configures a client made by [NewClient].
@@ -450,6 +503,13 @@ func WithTimeout(d time.Duration) Option {
 	return func(c *clientConfig) { c.timeout = d }
 }
 
+// WithRecoveryInterval sets the least time between two refreshes that 401
+// answers cause, as [Transport.RecoveryInterval] does. The default is
+// DefaultRecoveryInterval; negative means no limit.
+func WithRecoveryInterval(d time.Duration) Option {
+	return func(c *clientConfig) { c.recovery = d }
+}
+
 // NewClient returns an http.Client whose requests carry tokens from src
 // through a [Transport]. Each request, redirects included, is limited to
 // 60 seconds unless WithTimeout says otherwise, and requests go through a
@@ -470,7 +530,7 @@ func NewClient(src TokenSource, opts ...Option) *http.Client {
 		}
 	}
 	return &http.Client{
-		Transport: &Transport{Source: src, Base: c.base, Hosts: c.hosts},
+		Transport: &Transport{Source: src, Base: c.base, Hosts: c.hosts, RecoveryInterval: c.recovery},
 		Timeout:   c.timeout,
 	}
 }
