@@ -243,6 +243,9 @@ func processEnv() keyEnv {
 // in-process lock only: create it once, before several machines or
 // processes seal with it, or share a raw key instead.
 func Seal(ctx context.Context, key Key, name string, t *oauth2.Token) ([]byte, error) {
+	if err := checkArgs(ctx, key); err != nil {
+		return nil, fmt.Errorf("storage: seal %q: %w", name, err)
+	}
 	b, err := seal(ctx, key, processEnv(), name, t)
 	if err != nil {
 		return nil, fmt.Errorf("storage: seal %q: %w", name, err)
@@ -254,9 +257,23 @@ func Seal(ctx context.Context, key Key, name string, t *oauth2.Token) ([]byte, e
 // errors match ErrCorrupt, ErrKeyLost or ErrUnavailable as the file store's
 // do.
 func Open(ctx context.Context, key Key, name string, b []byte) (*oauth2.Token, error) {
+	if err := checkArgs(ctx, key); err != nil {
+		return nil, fmt.Errorf("storage: open %q: %w", name, err)
+	}
 	t, err := unseal(ctx, key, processEnv(), name, b)
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %q: %w", name, err)
 	}
 	return t, nil
+}
+
+// checkArgs refuses what Seal and Open cannot work with.
+func checkArgs(ctx context.Context, key Key) error {
+	switch {
+	case ctx == nil:
+		return errors.New("nil context")
+	case key == nil:
+		return errors.New("nil key")
+	}
+	return nil
 }

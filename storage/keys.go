@@ -225,6 +225,9 @@ type derivation struct {
 // deriving it once per Key: a caller asking for a key under way waits for
 // it, or for ctx; callers asking for other keys do not.
 func (k *passphraseKey) derive(ctx context.Context, encoded string, p Argon2Params, salt []byte) ([]byte, error) {
+	if ctx == nil {
+		ctx = context.Background() // deriving ignored ctx before it could wait: keep nil harmless
+	}
 	for {
 		k.mu.Lock()
 		d, ok := k.derived[encoded]
