@@ -102,6 +102,13 @@ type recovery struct {
 // wrapped, so that errors.Is sees through it and the *url.Error of
 // [http.Client.Do].
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	switch {
+	case req == nil:
+		return nil, errors.New("transport: nil Request")
+	case t == nil:
+		closeBody(req)
+		return nil, errors.New("transport: nil Transport")
+	}
 	base := t.base()
 	if req.URL == nil {
 		return base.RoundTrip(req) // which reports the error
@@ -521,7 +528,9 @@ func WithRecoveryInterval(d time.Duration) Option {
 func NewClient(src TokenSource, opts ...Option) *http.Client {
 	c := clientConfig{timeout: 60 * time.Second}
 	for _, o := range opts {
-		o(&c)
+		if o != nil {
+			o(&c)
+		}
 	}
 	if c.base == nil {
 		c.base = http.DefaultTransport
