@@ -22,7 +22,6 @@ func call(f func() error) (err error, panicked bool) {
 // TestNilAndZeroInputs calls the package's exported functions with nil and
 // zero values: each returns an error, and none panics.
 func TestNilAndZeroInputs(t *testing.T) {
-	//lint:ignore SA1012 a nil context is the input under test
 	var nilCtx context.Context
 	tok := &oauth2.Token{AccessToken: "tkat_nil-test", TokenType: "Bearer"}
 	raw := mustRaw(t, testKey())

@@ -25,7 +25,6 @@ func call(f func() error) (err error, panicked bool) {
 // Source's aside, with nil and zero values: none panics, and each returns
 // an error where it returns one at all.
 func TestNilAndZeroInputs(t *testing.T) {
-	//lint:ignore SA1012 a nil context is the input under test
 	var nilCtx context.Context
 	ctx := context.Background()
 	tok := &oauth2.Token{AccessToken: "tkat_nil-test", RefreshToken: "tkrt_nil-test"}
