@@ -205,7 +205,7 @@ func (s *Source) Revoke(ctx context.Context) error {
 	}
 	s.unlockUnlessPending()
 	if revokeErr != nil {
-		return &revokeError{key: s.key, err: revokeErr, secrets: secretsOf(tok)}
+		return &revokeError{key: s.key, err: revokeErr, secrets: hide(secretsOf(tok))}
 	}
 	return nil
 }
@@ -227,19 +227,25 @@ func (s *Source) revokeAt(ctx context.Context, tok *oauth2.Token) error {
 	}
 }
 
-// revokeError reports a revocation the provider did not confirm.
+// revokeError reports a revocation the provider did not confirm. Like
+// RefreshError, it prints its message and nothing else under every fmt
+// verb and slog handler.
 type revokeError struct {
 	key     string
 	err     error
-	secrets []string
+	secrets secretList
 }
 
 func (e *revokeError) Error() string {
 	return fmt.Sprintf("tokensource: revoke %q at the provider (the session ended locally): %s",
-		e.key, describe(e.err, e.secrets))
+		e.key, describe(e.err, e.secrets.values()))
 }
 
 func (e *revokeError) Unwrap() error { return e.err }
+
+func (e *revokeError) Format(f fmt.State, verb rune) { formatAs(f, verb, e.Error()) }
+func (e *revokeError) GoString() string              { return e.Error() }
+func (e *revokeError) LogValue() slog.Value          { return slog.StringValue(e.Error()) }
 
 // Close stops background work. A refresh whose request already reached the
 // provider is let finish, for up to the close grace (see [WithCloseGrace]),

@@ -552,7 +552,7 @@ func (r *refresh) wrap(err error, base *oauth2.Token) error {
 	var rb *rollbackError
 	reauth := needsReauth(err) ||
 		(!errors.As(err, &rb) && (errors.Is(err, storage.ErrKeyLost) || errors.Is(err, storage.ErrCorrupt)))
-	return &RefreshError{Key: r.s.key, Attempts: r.attempts, Err: err, reauth: reauth, secrets: secretsOf(base)}
+	return &RefreshError{Key: r.s.key, Attempts: r.attempts, Err: err, reauth: reauth, secrets: hide(secretsOf(base))}
 }
 
 func secretsOf(t *oauth2.Token) []string {

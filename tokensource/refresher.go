@@ -38,6 +38,9 @@ type RefresherFunc func(ctx context.Context, t *oauth2.Token) (*oauth2.Token, er
 
 // Refresh calls f(ctx, t).
 func (f RefresherFunc) Refresh(ctx context.Context, t *oauth2.Token) (*oauth2.Token, error) {
+	if f == nil {
+		return nil, errors.New("tokensource: nil RefresherFunc")
+	}
 	return f(ctx, t)
 }
 
@@ -84,7 +87,7 @@ func NewConfigRefresher(cfg *oauth2.Config, revocationURL string, hc *http.Clien
 // Validate reports a missing config or an endpoint that would carry secrets
 // over plain HTTP.
 func (r *ConfigRefresher) Validate() error {
-	if r.Config == nil {
+	if r == nil || r.Config == nil {
 		return errors.New("tokensource: ConfigRefresher has no Config")
 	}
 	if err := oauthwire.CheckEndpoint(r.Config.Endpoint.TokenURL); err != nil {
@@ -134,6 +137,9 @@ func (r *ConfigRefresher) Revoke(ctx context.Context, t *oauth2.Token) error {
 	if err := r.Validate(); err != nil {
 		return err
 	}
+	if t == nil || t.RefreshToken == "" && t.AccessToken == "" {
+		return errors.New("tokensource: no token to revoke")
+	}
 	if r.RevocationURL == "" {
 		return ErrNoRevocationEndpoint
 	}
@@ -154,6 +160,13 @@ func (r *ConfigRefresher) Revoke(ctx context.Context, t *oauth2.Token) error {
 //	r := tokensource.FromTokenSource(cc.TokenSource)
 func FromTokenSource(newSource func(ctx context.Context) oauth2.TokenSource) Refresher {
 	return RefresherFunc(func(ctx context.Context, _ *oauth2.Token) (*oauth2.Token, error) {
-		return newSource(ctx).Token()
+		var ts oauth2.TokenSource
+		if newSource != nil {
+			ts = newSource(ctx)
+		}
+		if ts == nil {
+			return nil, errors.New("tokensource: FromTokenSource has no TokenSource")
+		}
+		return ts.Token()
 	})
 }

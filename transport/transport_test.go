@@ -182,6 +182,14 @@ func TestTrustedHosts(t *testing.T) {
 			"http://localhost:9000/", "http://LOCALHOST:9001/", "http://[::1]:8080/", "https://[::2]/", "http://[::2]/",
 		}, []bool{true, false, true, true, false}},
 		{"other scheme", nil, []string{"ftp://api.example.com/"}, []bool{false}},
+		// Hosts are compared as they are dialled, in their IDNA ASCII
+		// form, not by Unicode case folding, which equates σ and ς.
+		{"pin final sigma", nil, []string{"https://σσ.example/", "https://σς.example/", "https://ΣΣ.example/"}, []bool{true, false, true}},
+		{"hosts final sigma", []string{"σσ.example"}, []string{"https://σς.example/", "https://ΣΣ.example/", "https://xn--4xaa.example/"}, []bool{false, true, true}},
+		{"pin sharp s", nil, []string{"https://straße.example/", "https://strasse.example/"}, []bool{true, false}},
+		{"hosts IDNA forms", []string{"BÜCHER.example"}, []string{"https://xn--bcher-kva.example/", "https://bücher.example/", "https://bucher.example/"}, []bool{true, true, false}},
+		{"pin ASCII, then its Unicode spelling", nil, []string{"https://xn--bcher-kva.example/", "https://Bücher.example/"}, []bool{true, true}},
+		{"pin host with no IDNA form", nil, []string{"https://σ_σ.example/", "https://σ_σ.example/", "https://a.example/"}, []bool{false, false, true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -587,45 +595,68 @@ func TestRequestUnchanged(t *testing.T) {
 	}
 }
 
-func TestPresetAuthorization(t *testing.T) {
-	for _, preset := range []string{"Basic dXNlcjpwYXNz", ""} {
-		t.Run(fmt.Sprintf("%q", preset), func(t *testing.T) {
-			first := unauthorized(invalidToken)
-			rec := &recorder{responses: []*http.Response{first}}
-			src := &fakeSource{}
-			tr := &transport.Transport{Source: src, Base: rec}
-			req, err := http.NewRequest(http.MethodGet, "https://api.example.com/", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			req.Header.Set("Authorization", preset)
-			resp, err := tr.RoundTrip(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if len(rec.reqs) != 1 || rec.reqs[0] != req || resp != first {
-				t.Errorf("got %d requests, want the caller's request sent once and its 401 returned", len(rec.reqs))
-			}
-			if src.calls.Load() != 0 || src.invalidated.Load() != 0 {
-				t.Errorf("source got %d token calls and %d invalidations, want none", src.calls.Load(), src.invalidated.Load())
-			}
+// authorizationFields counts the Authorization fields h would send: net/http
+// writes a key as it is spelt in the map.
+func authorizationFields(h http.Header) int {
+	n := 0
+	for k, vv := range h {
+		if strings.EqualFold(k, "Authorization") {
+			n += len(vv)
+		}
+	}
+	return n
+}
 
-			// The request pinned its origin: where a redirect might lead
-			// next, no token follows.
-			req, err = http.NewRequest(http.MethodGet, "https://elsewhere.example.com/", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp, err = tr.RoundTrip(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if got := rec.auth[len(rec.auth)-1]; got != "" {
-				t.Errorf("request to another host after the first got Authorization %q, want none", got)
-			}
-		})
+func TestPresetAuthorization(t *testing.T) {
+	for _, name := range []string{"Authorization", "authorization", "AUTHORIZATION"} {
+		for _, preset := range []string{"Basic dXNlcjpwYXNz", ""} {
+			t.Run(fmt.Sprintf("%s %q", name, preset), func(t *testing.T) {
+				testPresetAuthorization(t, name, preset)
+			})
+		}
+	}
+}
+
+// testPresetAuthorization sends a request whose header map holds name,
+// set to preset.
+func testPresetAuthorization(t *testing.T, name, preset string) {
+	first := unauthorized(invalidToken)
+	rec := &recorder{responses: []*http.Response{first}}
+	src := &fakeSource{}
+	tr := &transport.Transport{Source: src, Base: rec}
+	req, err := http.NewRequest(http.MethodGet, "https://api.example.com/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header[name] = []string{preset}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if len(rec.reqs) != 1 || rec.reqs[0] != req || resp != first {
+		t.Errorf("got %d requests, want the caller's request sent once and its 401 returned", len(rec.reqs))
+	}
+	if n := authorizationFields(rec.reqs[0].Header); n != 1 {
+		t.Errorf("the request went out with %d Authorization fields, want the caller's one", n)
+	}
+	if src.calls.Load() != 0 || src.invalidated.Load() != 0 {
+		t.Errorf("source got %d token calls and %d invalidations, want none", src.calls.Load(), src.invalidated.Load())
+	}
+
+	// The request pinned its origin: where a redirect might lead
+	// next, no token follows.
+	req, err = http.NewRequest(http.MethodGet, "https://elsewhere.example.com/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err = tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := rec.auth[len(rec.auth)-1]; got != "" {
+		t.Errorf("request to another host after the first got Authorization %q, want none", got)
 	}
 }
 
