@@ -1,10 +1,4 @@
-//go:build sourcetests
-
 package redisstore
-
-// The tests in this file run tokensource.Sources over the store. They build
-// only with -tags sourcetests while tokensource moves to the record API;
-// the constraint goes once it has.
 
 import (
 	"bufio"

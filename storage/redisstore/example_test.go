@@ -1,10 +1,4 @@
-//go:build sourcetests
-
 package redisstore_test
-
-// The tests in this file run tokensource.Sources over the store. They build
-// only with -tags sourcetests while tokensource moves to the record API;
-// the constraint goes once it has.
 
 import (
 	"context"
