@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -701,30 +702,46 @@ func TestReauthRequired(t *testing.T) {
 	}
 }
 
+// TestCancelDuringRefresh: a request whose token is refused while the token
+// endpoint takes 2 s returns when its 100 ms context ends, not when the
+// refresh does. It runs in a synctest bubble, so the times are exact.
 func TestCancelDuringRefresh(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t)
-	src := newSource(t, srv, true)
-	client := transport.NewClient(src)
-	srv.SetLatency(authserver.EndpointToken, 2*time.Second)
-	srv.ExpireAccessTokens()
+	synctest.Test(t, func(t *testing.T) {
+		p := newMemProvider(time.Hour, 1)
+		p.tokenLatency = 2 * time.Second
+		r, err := tokensource.NewConfigRefresher(memConfig(), "", &http.Client{Transport: p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, err := tokensource.New(r, storage.NewMemory(), "key")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		if err := src.Put(context.Background(), p.Mint()); err != nil {
+			t.Fatal(err)
+		}
+		p.expireAccessTokens()
+		client := transport.NewClient(src, transport.WithBase(p))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.ResourceURL(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	resp, err := client.Do(req)
-	elapsed := time.Since(start)
-	if err == nil {
-		resp.Body.Close()
-		t.Fatalf("got status %d, want an error", resp.StatusCode)
-	}
-	if !errors.Is(err, context.DeadlineExceeded) || elapsed > time.Second {
-		t.Errorf("got %v after %v, want a deadline error within 1s", err, elapsed)
-	}
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, memResourceURL, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		resp, err := client.Do(req)
+		elapsed := time.Since(start)
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("got status %d, want an error", resp.StatusCode)
+		}
+		if !errors.Is(err, context.DeadlineExceeded) || elapsed != 100*time.Millisecond {
+			t.Errorf("got %v after %v, want a deadline error after 100ms", err, elapsed)
+		}
+	})
 }
 
 // closeCounter is a request body that counts Close calls.
