@@ -111,12 +111,16 @@ func newFileStore(t *testing.T) *storage.File {
 // refresh token, as if its lifetime had passed: every process that reads it
 // must refresh.
 func expireStored(ctx context.Context, st storage.Store) error {
-	tok, err := st.Load(ctx, "alice")
+	r, err := st.Load(ctx, "alice")
 	if err != nil {
 		return err
 	}
-	tok.Expiry = time.Now().Add(-time.Minute)
-	return st.Save(ctx, "alice", tok)
+	if r.Token == nil {
+		return errors.New("the stored session ended")
+	}
+	r.Token.Expiry = time.Now().Add(-time.Minute)
+	r.Generation++
+	return st.Save(ctx, "alice", r)
 }
 
 func isInvalidGrant(err error) bool {
@@ -149,7 +153,7 @@ func TestProcessesShareFileStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := store.Save(ctx, "alice", login); err != nil {
+	if err := storage.SaveToken(ctx, store, "alice", login); err != nil {
 		t.Fatal(err)
 	}
 	children := proctest.Child{
