@@ -211,11 +211,13 @@ func spoil(w http.ResponseWriter, rec *httptest.ResponseRecorder, f Fault) {
 // Stats counts requests since the server started or ResetStats.
 type Stats struct {
 	TokenRequests           int64 // requests to the token endpoint, faulty ones included
-	RefreshGrants           int64 // refresh_token grants processed
+	RefreshGrants           int64 // refresh_token grants processed, refused ones included
+	RefreshesGranted        int64 // of RefreshGrants, those answered with new tokens
 	CodeGrants              int64
 	DeviceGrants            int64 // device_code polls processed
 	ClientCredentialsGrants int64
 	ReuseDetections         int64 // retired refresh tokens presented again
+	RevokeRequests          int64 // requests to the revocation endpoint, faulty and refused ones included
 	Revocations             int64 // revocation requests processed
 	ResourceRequests        int64 // requests to the resource and userinfo endpoints
 	ResourceUnauthorized    int64 // of which answered 401
@@ -223,15 +225,17 @@ type Stats struct {
 }
 
 type counters struct {
-	tokenRequests, refreshGrants, codeGrants, deviceGrants, clientCredentialsGrants atomic.Int64
-	reuseDetections, revocations, resourceRequests, resourceUnauthorized            atomic.Int64
-	faultsInjected                                                                  atomic.Int64
+	tokenRequests, refreshGrants, refreshesGranted, codeGrants, deviceGrants atomic.Int64
+	clientCredentialsGrants, reuseDetections, revokeRequests, revocations    atomic.Int64
+	resourceRequests, resourceUnauthorized, faultsInjected                   atomic.Int64
 }
 
 func (c *counters) count(endpoint string) {
 	switch endpoint {
 	case EndpointToken:
 		c.tokenRequests.Add(1)
+	case EndpointRevoke:
+		c.revokeRequests.Add(1)
 	case EndpointResource, EndpointUserinfo:
 		c.resourceRequests.Add(1)
 	}
@@ -243,10 +247,12 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		TokenRequests:           c.tokenRequests.Load(),
 		RefreshGrants:           c.refreshGrants.Load(),
+		RefreshesGranted:        c.refreshesGranted.Load(),
 		CodeGrants:              c.codeGrants.Load(),
 		DeviceGrants:            c.deviceGrants.Load(),
 		ClientCredentialsGrants: c.clientCredentialsGrants.Load(),
 		ReuseDetections:         c.reuseDetections.Load(),
+		RevokeRequests:          c.revokeRequests.Load(),
 		Revocations:             c.revocations.Load(),
 		ResourceRequests:        c.resourceRequests.Load(),
 		ResourceUnauthorized:    c.resourceUnauthorized.Load(),
@@ -256,11 +262,12 @@ func (s *Server) Stats() Stats {
 
 // ResetStats sets every counter to zero.
 func (s *Server) ResetStats() {
-	for _, c := range []*atomic.Int64{
-		&s.stats.tokenRequests, &s.stats.refreshGrants, &s.stats.codeGrants, &s.stats.deviceGrants,
-		&s.stats.clientCredentialsGrants, &s.stats.reuseDetections, &s.stats.revocations,
-		&s.stats.resourceRequests, &s.stats.resourceUnauthorized, &s.stats.faultsInjected,
+	c := &s.stats
+	for _, n := range []*atomic.Int64{
+		&c.tokenRequests, &c.refreshGrants, &c.refreshesGranted, &c.codeGrants, &c.deviceGrants,
+		&c.clientCredentialsGrants, &c.reuseDetections, &c.revokeRequests, &c.revocations,
+		&c.resourceRequests, &c.resourceUnauthorized, &c.faultsInjected,
 	} {
-		c.Store(0)
+		n.Store(0)
 	}
 }

@@ -57,6 +57,12 @@ type Config struct {
 	// OmitRefreshTokenOnRefresh leaves refresh_token out of refresh answers
 	// when it is not rotated, as Google does.
 	OmitRefreshTokenOnRefresh bool
+	// RefuseBasicForPublic makes the public client's HTTP Basic
+	// authentication (its id and an empty secret) an error, 400
+	// invalid_request, at every endpoint, as a provider does for a client
+	// registered without a secret (token_endpoint_auth_method "none"): such
+	// a client must send its client_id in the body.
+	RefuseBasicForPublic bool
 
 	DeviceInterval     time.Duration // polling interval for the device flow; 0 means 5s
 	DeviceTTL          time.Duration // device code lifetime; 0 means 10 min
