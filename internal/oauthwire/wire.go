@@ -28,7 +28,8 @@ import (
 const MaxBody = 1 << 20
 
 // ErrMalformed is wrapped by errors about answers that are not a usable token
-// response: unparseable, truncated, too large, or without an access token.
+// response: unparseable, too large, without an access token, or with a field
+// of the wrong kind (an expires_in that is not a positive number of seconds).
 var ErrMalformed = errors.New("malformed token response")
 
 // ErrInsecureEndpoint is wrapped when an endpoint would send secrets over
@@ -87,6 +88,14 @@ type Client struct {
 // Token posts form to tokenURL and parses the answer. Failures the provider
 // reports come back as *oauth2.RetrieveError, with Response set so that
 // callers can read the status and Retry-After.
+//
+// Token may return a token and an error together: a 2xx answer that
+// carries a refresh_token but whose other fields are unusable (no
+// access_token, an expires_in that is not a positive number of seconds, a
+// token_type that is not a string) yields a token holding that refresh
+// token and whatever else parsed cleanly — its access token possibly empty,
+// its Expiry zero — and an error wrapping ErrMalformed that says what was
+// wrong. Such a token must be kept for its refresh token and never served.
 func (c *Client) Token(ctx context.Context, tokenURL string, form url.Values) (*oauth2.Token, error) {
 	if err := CheckEndpoint(tokenURL); err != nil {
 		return nil, err
@@ -106,7 +115,7 @@ func (c *Client) Token(ctx context.Context, tokenURL string, form url.Values) (*
 		return t, nil
 	}
 	if !rejectsClient(err) {
-		return nil, err
+		return t, err // t may hold a salvaged refresh token
 	}
 	t, err = c.token(ctx, tokenURL, form, oauth2.AuthStyleInParams)
 	if err == nil {
@@ -225,8 +234,9 @@ func (c *Client) now() time.Time {
 	return time.Now()
 }
 
-// parse turns an answer into a token or an error. Secrets in body are never
-// copied into an error message.
+// parse turns an answer into a token or an error, or both when a 2xx
+// answer is salvaged (see [Client.Token]). Secrets in body are never copied
+// into an error message.
 func (c *Client) parse(resp *http.Response, body []byte) (*oauth2.Token, error) {
 	ct := resp.Header.Get("Content-Type")
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
@@ -248,32 +258,58 @@ func (c *Client) parse(resp *http.Response, body []byte) (*oauth2.Token, error) 
 	return c.tokenFrom(fields)
 }
 
+// tokenFrom reads a token response's fields one by one, so that a field
+// that is unusable spoils only itself. The result is (t, nil) when every
+// field is usable; (t, err) when the refresh token is but something else is
+// not, t holding the usable fields with a zero Expiry; (nil, err) when there
+// is no usable refresh token either.
 func (c *Client) tokenFrom(fields map[string]any) (*oauth2.Token, error) {
-	at, _ := fields["access_token"].(string)
-	if at == "" {
-		return nil, fmt.Errorf("%w: no access_token", ErrMalformed)
+	var problems []string
+	t := new(oauth2.Token)
+	switch v := fields["access_token"].(type) {
+	case string:
+		t.AccessToken = v
+	case nil:
+	default:
+		problems = append(problems, "access_token is not a string")
 	}
-	t := &oauth2.Token{AccessToken: at}
-	var ok bool
-	if v, present := fields["token_type"]; present {
-		if t.TokenType, ok = v.(string); !ok {
-			return nil, fmt.Errorf("%w: token_type is not a string", ErrMalformed)
-		}
+	if t.AccessToken == "" && len(problems) == 0 {
+		problems = append(problems, "no access_token")
 	}
-	if v, present := fields["refresh_token"]; present && v != nil {
-		if t.RefreshToken, ok = v.(string); !ok {
-			return nil, fmt.Errorf("%w: refresh_token is not a string", ErrMalformed)
-		}
+	switch v := fields["token_type"].(type) {
+	case string:
+		t.TokenType = v
+	case nil:
+	default:
+		problems = append(problems, "token_type is not a string")
+	}
+	switch v := fields["refresh_token"].(type) {
+	case string:
+		t.RefreshToken = v
+	case nil:
+	default:
+		problems = append(problems, "refresh_token is not a string")
 	}
 	secs, err := expiresIn(fields["expires_in"])
-	if err != nil {
-		return nil, err
-	}
-	if secs != 0 {
+	switch {
+	case err != nil:
+		problems = append(problems, err.Error())
+	case secs < 0:
+		problems = append(problems, "expires_in is negative")
+	case secs > 0:
 		t.ExpiresIn = secs
 		t.Expiry = c.now().Add(time.Duration(secs) * time.Second)
 	}
-	return t.WithExtra(fields), nil
+	t = t.WithExtra(fields)
+	if len(problems) == 0 {
+		return t, nil
+	}
+	err = fmt.Errorf("%w: %s", ErrMalformed, strings.Join(problems, "; "))
+	if t.RefreshToken == "" {
+		return nil, err
+	}
+	t.ExpiresIn, t.Expiry = 0, time.Time{}
+	return t, err
 }
 
 // expiresIn reads expires_in given as a JSON number, a float, or a string
@@ -287,18 +323,18 @@ func expiresIn(v any) (int64, error) {
 	case json.Number:
 		var err error
 		if f, err = x.Float64(); err != nil {
-			return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+			return 0, errors.New("expires_in is not a number")
 		}
 	case string:
 		var err error
 		if f, err = strconv.ParseFloat(strings.TrimSpace(x), 64); err != nil {
-			return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+			return 0, errors.New("expires_in is not a number")
 		}
 	default:
-		return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+		return 0, errors.New("expires_in is not a number")
 	}
-	if math.IsNaN(f) {
-		return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, errors.New("expires_in is not a number")
 	}
 	return int64(math.Max(math.Min(f, math.MaxInt32), math.MinInt32)), nil
 }
