@@ -96,6 +96,10 @@ type Client struct {
 // token and whatever else parsed cleanly — its access token possibly empty,
 // its Expiry zero — and an error wrapping ErrMalformed that says what was
 // wrong. Such a token must be kept for its refresh token and never served.
+//
+// A request that was written but whose answer was not read whole fails
+// with an error wrapping ErrInDoubt; see [WithSendTimeout] for how ctx
+// bounds each request.
 func (c *Client) Token(ctx context.Context, tokenURL string, form url.Values) (*oauth2.Token, error) {
 	if err := CheckEndpoint(tokenURL); err != nil {
 		return nil, err
@@ -107,9 +111,10 @@ func (c *Client) Token(ctx context.Context, tokenURL string, form url.Values) (*
 		}
 	}
 	if style != oauth2.AuthStyleAutoDetect {
-		return c.token(ctx, tokenURL, form, style)
+		t, _, err := c.token(ctx, tokenURL, form, style)
+		return t, err
 	}
-	t, err := c.token(ctx, tokenURL, form, oauth2.AuthStyleInHeader)
+	t, _, err := c.token(ctx, tokenURL, form, oauth2.AuthStyleInHeader)
 	if err == nil {
 		c.detected.Store(int32(oauth2.AuthStyleInHeader))
 		return t, nil
@@ -117,7 +122,7 @@ func (c *Client) Token(ctx context.Context, tokenURL string, form url.Values) (*
 	if !rejectsClient(err) {
 		return t, err // t may hold a salvaged refresh token
 	}
-	t, err = c.token(ctx, tokenURL, form, oauth2.AuthStyleInParams)
+	t, _, err = c.token(ctx, tokenURL, form, oauth2.AuthStyleInParams)
 	if err == nil {
 		c.detected.Store(int32(oauth2.AuthStyleInParams))
 	}
@@ -135,18 +140,23 @@ func rejectsClient(err error) bool {
 		(re.Response != nil && re.Response.StatusCode == http.StatusUnauthorized)
 }
 
-func (c *Client) token(ctx context.Context, tokenURL string, form url.Values, style oauth2.AuthStyle) (*oauth2.Token, error) {
-	resp, err := c.post(ctx, tokenURL, form, style)
-	if err != nil {
-		return nil, err
+// token makes one token request and reports the answer's status, or 0 if
+// none was read.
+func (c *Client) token(ctx context.Context, tokenURL string, form url.Values, style oauth2.AuthStyle) (*oauth2.Token, int, error) {
+	resp, body, err := c.post(ctx, tokenURL, form, style)
+	if resp == nil {
+		return nil, 0, err
 	}
-	defer resp.Body.Close()
-	body, err := readBody(resp.Body)
-	if err != nil {
-		return nil, err
+	if err != nil && success(resp.StatusCode) {
+		return nil, 0, err // cut short: a token may have been issued
 	}
-	return c.parse(resp, body)
+	// A refusal whose body was cut short is still a refusal: its status
+	// (and Retry-After) say what the provider decided.
+	t, err := c.parse(resp, body)
+	return t, resp.StatusCode, err
 }
+
+func success(status int) bool { return status >= 200 && status <= 299 }
 
 // Revoke asks revokeURL to revoke token (RFC 7009). hint is
 // "refresh_token", "access_token" or empty.
@@ -165,24 +175,21 @@ func (c *Client) Revoke(ctx context.Context, revokeURL, token, hint string) erro
 			style = oauth2.AuthStyleInHeader
 		}
 	}
-	resp, err := c.post(ctx, revokeURL, form, style)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := readBody(resp.Body)
-	if err != nil {
+	resp, body, err := c.post(ctx, revokeURL, form, style)
+	if resp == nil {
 		return err
 	}
 	if resp.StatusCode == http.StatusOK {
-		return nil
+		return nil // the body does not matter (RFC 7009 section 2.2)
 	}
 	re := &oauth2.RetrieveError{Response: resp, Body: body}
 	parseError(resp.Header.Get("Content-Type"), body, re)
 	return re
 }
 
-func (c *Client) post(ctx context.Context, endpoint string, form url.Values, style oauth2.AuthStyle) (*http.Response, error) {
+// post sends form to endpoint, authenticating the client in style, and
+// reads the answer as [Client.exchange] does.
+func (c *Client) post(ctx context.Context, endpoint string, form url.Values, style oauth2.AuthStyle) (*http.Response, []byte, error) {
 	v := make(url.Values, len(form)+2)
 	for k, vs := range form {
 		v[k] = vs
@@ -195,7 +202,7 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values, sty
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(v.Encode()))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
@@ -203,7 +210,7 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values, sty
 		// RFC 6749 section 2.3.1: form-encode each part before Basic.
 		req.SetBasicAuth(url.QueryEscape(c.ClientID), url.QueryEscape(c.ClientSecret))
 	}
-	return c.httpClient().Do(req)
+	return c.exchange(ctx, req)
 }
 
 func (c *Client) httpClient() *http.Client {
@@ -216,10 +223,12 @@ func (c *Client) httpClient() *http.Client {
 	return &nc
 }
 
+// readBody reads an answer's body, up to MaxBody bytes. On a read error it
+// returns the part read.
 func readBody(r io.Reader) ([]byte, error) {
 	body, err := io.ReadAll(io.LimitReader(r, MaxBody+1))
 	if err != nil {
-		return nil, fmt.Errorf("read token response: %w", err)
+		return body, fmt.Errorf("read answer: %w", err)
 	}
 	if len(body) > MaxBody {
 		return nil, fmt.Errorf("%w: larger than %d bytes", ErrMalformed, MaxBody)
@@ -239,7 +248,7 @@ func (c *Client) now() time.Time {
 // into an error message.
 func (c *Client) parse(resp *http.Response, body []byte) (*oauth2.Token, error) {
 	ct := resp.Header.Get("Content-Type")
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+	if !success(resp.StatusCode) {
 		re := &oauth2.RetrieveError{Response: resp, Body: body}
 		parseError(ct, body, re)
 		return nil, re
