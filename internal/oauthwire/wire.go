@@ -67,13 +67,13 @@ func IsLoopback(host string) bool {
 }
 
 // Client calls a provider's endpoints for one OAuth client.
-// It is safe for concurrent use.
+// It is safe for concurrent use; its fields must not change after first
+// use.
 type Client struct {
 	ClientID     string
 	ClientSecret string
-	// AuthStyle says how the client authenticates. AuthStyleAutoDetect tries
-	// HTTP Basic first, then credentials in the body, and remembers what
-	// worked.
+	// AuthStyle says how the client authenticates. AuthStyleAutoDetect
+	// (the zero value) detects it: see [Client.Token].
 	AuthStyle oauth2.AuthStyle
 	// HTTP sends the requests. If nil, http.DefaultClient is used. Redirects
 	// are never followed: a token endpoint that redirects is an error.
@@ -82,7 +82,8 @@ type Client struct {
 	// time.Now is used.
 	Now func() time.Time
 
-	detected atomic.Int32 // the AuthStyle that worked, once auto-detected
+	tokenStyle  atomic.Int32 // the AuthStyle that worked at the token endpoint, once detected
+	revokeStyle atomic.Int32 // the AuthStyle that worked at the revocation endpoint, once detected
 }
 
 // Token posts form to tokenURL and parses the answer. Failures the provider
@@ -100,44 +101,28 @@ type Client struct {
 // A request that was written but whose answer was not read whole fails
 // with an error wrapping ErrInDoubt; see [WithSendTimeout] for how ctx
 // bounds each request.
+//
+// With AuthStyle unset, a client without a secret sends its client_id in
+// the body (a public client, RFC 6749 section 2.3.1), and a client with a
+// secret tries HTTP Basic. When the provider refuses the client with 400 or
+// 401 (invalid_client, or invalid_request from a provider that refuses the
+// style), the request is sent again the other way; a refused request was
+// not processed, so sending it again is safe. The style that the provider
+// accepted is tried first by later calls, at the token and the revocation
+// endpoint alike; should the provider refuse it some day, the other style
+// is tried again.
 func (c *Client) Token(ctx context.Context, tokenURL string, form url.Values) (*oauth2.Token, error) {
 	if err := CheckEndpoint(tokenURL); err != nil {
 		return nil, err
 	}
-	style := c.AuthStyle
-	if style == oauth2.AuthStyleAutoDetect {
-		if d := oauth2.AuthStyle(c.detected.Load()); d != oauth2.AuthStyleAutoDetect {
-			style = d
-		}
-	}
-	if style != oauth2.AuthStyleAutoDetect {
-		t, _, err := c.token(ctx, tokenURL, form, style)
-		return t, err
-	}
-	t, _, err := c.token(ctx, tokenURL, form, oauth2.AuthStyleInHeader)
-	if err == nil {
-		c.detected.Store(int32(oauth2.AuthStyleInHeader))
-		return t, nil
-	}
-	if !rejectsClient(err) {
-		return t, err // t may hold a salvaged refresh token
-	}
-	t, _, err = c.token(ctx, tokenURL, form, oauth2.AuthStyleInParams)
-	if err == nil {
-		c.detected.Store(int32(oauth2.AuthStyleInParams))
-	}
+	var t *oauth2.Token
+	err := c.authenticate(&c.tokenStyle, &c.revokeStyle, func(style oauth2.AuthStyle) (int, error) {
+		var status int
+		var err error
+		t, status, err = c.token(ctx, tokenURL, form, style)
+		return status, err
+	})
 	return t, err
-}
-
-// rejectsClient reports whether err may mean the provider wants the client
-// credentials elsewhere.
-func rejectsClient(err error) bool {
-	var re *oauth2.RetrieveError
-	if !errors.As(err, &re) {
-		return false
-	}
-	return re.ErrorCode == "invalid_client" || re.ErrorCode == "unauthorized_client" ||
-		(re.Response != nil && re.Response.StatusCode == http.StatusUnauthorized)
 }
 
 // token makes one token request and reports the answer's status, or 0 if
@@ -159,7 +144,9 @@ func (c *Client) token(ctx context.Context, tokenURL string, form url.Values, st
 func success(status int) bool { return status >= 200 && status <= 299 }
 
 // Revoke asks revokeURL to revoke token (RFC 7009). hint is
-// "refresh_token", "access_token" or empty.
+// "refresh_token", "access_token" or empty. With AuthStyle unset the client
+// authenticates as [Client.Token] describes, starting with the style that
+// worked at the token endpoint when there is one.
 func (c *Client) Revoke(ctx context.Context, revokeURL, token, hint string) error {
 	if err := CheckEndpoint(revokeURL); err != nil {
 		return err
@@ -168,23 +155,18 @@ func (c *Client) Revoke(ctx context.Context, revokeURL, token, hint string) erro
 	if hint != "" {
 		form.Set("token_type_hint", hint)
 	}
-	style := c.AuthStyle
-	if style == oauth2.AuthStyleAutoDetect {
-		style = oauth2.AuthStyle(c.detected.Load())
-		if style == oauth2.AuthStyleAutoDetect {
-			style = oauth2.AuthStyleInHeader
+	return c.authenticate(&c.revokeStyle, &c.tokenStyle, func(style oauth2.AuthStyle) (int, error) {
+		resp, body, err := c.post(ctx, revokeURL, form, style)
+		if resp == nil {
+			return 0, err
 		}
-	}
-	resp, body, err := c.post(ctx, revokeURL, form, style)
-	if resp == nil {
-		return err
-	}
-	if resp.StatusCode == http.StatusOK {
-		return nil // the body does not matter (RFC 7009 section 2.2)
-	}
-	re := &oauth2.RetrieveError{Response: resp, Body: body}
-	parseError(resp.Header.Get("Content-Type"), body, re)
-	return re
+		if resp.StatusCode == http.StatusOK {
+			return resp.StatusCode, nil // the body does not matter (RFC 7009 section 2.2)
+		}
+		re := &oauth2.RetrieveError{Response: resp, Body: body}
+		parseError(resp.Header.Get("Content-Type"), body, re)
+		return resp.StatusCode, re
+	})
 }
 
 // post sends form to endpoint, authenticating the client in style, and
@@ -195,7 +177,9 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values, sty
 		v[k] = vs
 	}
 	if style == oauth2.AuthStyleInParams {
-		v.Set("client_id", c.ClientID)
+		if c.ClientID != "" {
+			v.Set("client_id", c.ClientID)
+		}
 		if c.ClientSecret != "" {
 			v.Set("client_secret", c.ClientSecret)
 		}
