@@ -74,7 +74,6 @@ func TestNoSecretPrints(t *testing.T) {
 // TestRevokeErrorPrints is TestNoSecretPrints for the error Revoke returns
 // when the provider refuses.
 func TestRevokeErrorPrints(t *testing.T) {
-	t.Skip("the revoke error is built in source.go, which is being rewritten: it should keep its secrets in a secretList (issue 16)")
 	tok := &oauth2.Token{AccessToken: "tkat_printing-test-access", RefreshToken: "tkrt_printing-test-refresh", TokenType: "Bearer"}
 	src, err := tokensource.New(echoingProvider{}, storage.NewMemory(), "alice")
 	if err != nil {
