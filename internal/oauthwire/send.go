@@ -36,9 +36,13 @@ type sendTimeoutKey struct{}
 // [httptrace.ClientTrace]: WroteRequest without an error. From the moment
 // its headers are written (WroteHeaders) the request counts as on its way:
 // the send timeout no longer cancels it, and a failure that follows is in
-// doubt unless the transport reports that the write itself failed. An
-// [http.RoundTripper] that reports neither is bounded by ctx alone once it
-// returns an answer; until then the send timeout cancels it.
+// doubt unless the transport reports that the write itself failed. When
+// net/http tries again on another connection (it does so for a POST only
+// when the first attempt provably reached no server), the new attempt
+// starts from scratch. An [http.RoundTripper] that reports none of this is
+// bounded by the send timeout until it returns an answer, and by ctx
+// after; one that resends written requests itself defeats the
+// classification.
 func WithSendTimeout(ctx context.Context, d time.Duration) context.Context {
 	return context.WithValue(ctx, sendTimeoutKey{}, d)
 }
