@@ -185,9 +185,6 @@ func (f *faultyStore) Load(ctx context.Context, key string) (*storage.Record, er
 // failSaves makes every Save return err; nil ends the failures.
 func (f *faultyStore) failSaves(err error) { f.saveErr.Store(&err) }
 
-// failLoads makes every Load return err; nil ends the failures.
-func (f *faultyStore) failLoads(err error) { f.loadErr.Store(&err) }
-
 var errDiskFull = errors.New("storage: write: no space left on device")
 
 // eventLog records what a Source's hook reports. It is safe for concurrent

@@ -238,10 +238,10 @@ func TestLifetimeRecordedOnce(t *testing.T) {
 		if !got.staleAt.Equal(want) {
 			t.Fatalf("stale point of the token loaded 60 s in: %v after receipt, want %v", got.staleAt.Sub(received), want.Sub(received))
 		}
-		time.Sleep(got.staleAt.Sub(time.Now()))
+		time.Sleep(time.Until(got.staleAt))
 		b.Token()
 		synctest.Wait() // b is in the window: its background refresh runs
-		lead := received.Add(100 * time.Second).Sub(time.Now())
+		lead := time.Until(received.Add(100 * time.Second))
 		t.Logf("early-refresh lead time for a 100 s client-credentials token loaded 60 s in: %v (window 25 s)", lead)
 		if calls.Load() != 2 || lead < 25*time.Second {
 			t.Fatalf("refreshes: %d with lead %v, want 2 with at least 25s", calls.Load(), lead)
@@ -282,7 +282,7 @@ func TestRetryAfterStopsEveryCaller(t *testing.T) {
 		wg.Wait()
 		other := newLedgerSource(t, p, st, ledgerKey)
 		var boe *BackOffError
-		if _, err := other.Token(); !errors.As(err, &boe) || boe.Until.Sub(time.Now()) < 599*time.Second {
+		if _, err := other.Token(); !errors.As(err, &boe) || time.Until(boe.Until) < 599*time.Second {
 			t.Fatalf("another Source: got %v, want a BackOffError until about 600 s from now", err)
 		}
 		calls, _, _ := p.counts()

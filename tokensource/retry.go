@@ -80,25 +80,3 @@ func DefaultBackOff() backoff.BackOff {
 		backoff.WithMaxElapsedTime(0),
 	)
 }
-
-// serverWait makes a BackOff honour a wait the server asked for, and gives
-// up early when the wait cannot end before ctx's deadline.
-type serverWait struct {
-	backoff.BackOff
-	ctx  context.Context
-	now  func() time.Time
-	wait time.Duration // set by the operation after each failure
-}
-
-func (b *serverWait) NextBackOff() time.Duration {
-	d := b.BackOff.NextBackOff()
-	if d == backoff.Stop {
-		return d
-	}
-	d = max(d, b.wait)
-	b.wait = 0
-	if deadline, ok := b.ctx.Deadline(); ok && b.now().Add(d).After(deadline) {
-		return backoff.Stop
-	}
-	return d
-}

@@ -86,7 +86,7 @@ func TestShortLivedTokens(t *testing.T) {
 			{3250 * time.Millisecond, 1},
 		}
 		for _, st := range steps {
-			time.Sleep(start.Add(st.at).Sub(time.Now()))
+			time.Sleep(time.Until(start.Add(st.at)))
 			tok, err := s.Token()
 			if err != nil {
 				t.Fatal(err)
