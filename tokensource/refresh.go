@@ -101,19 +101,13 @@ func (r *refresh) redeemFrom(base *oauth2.Token, gen uint64, from *state) (*oaut
 		return nil, r.fail(&BackOffError{Key: s.key, Until: from.retryAfter}, base)
 	}
 	for {
-		t, err := r.redeem(base, gen)
+		var t *oauth2.Token
+		var err error
+		t, base, gen, err = r.redeem(base, gen)
 		var boe *BackOffError
 		switch {
 		case err == nil:
 			return r.commit(base, gen, t, Refreshed)
-		case salvageable(t, base):
-			// The provider rotated the refresh token but the rest of its
-			// answer is unusable: keep the new refresh token.
-			st, serr := r.save(base, gen, salvage(t), Salvaged)
-			if serr != nil || r.soft.Err() != nil {
-				return nil, r.fail(err, base)
-			}
-			base, gen = st.tok, st.gen
 		case errors.As(err, &boe):
 			r.rememberBackOff(from, gen, boe.Until)
 			return nil, r.fail(err, base)
@@ -151,29 +145,37 @@ func salvage(t *oauth2.Token) *oauth2.Token {
 	return &oauth2.Token{RefreshToken: t.RefreshToken, TokenType: t.TokenType}
 }
 
-// redeem calls the Refresher, retrying what the policy calls transient on a
-// fresh backoff schedule until the refresh deadline or Close. It never
-// sends a request once the store's lock is lost or Close was called. A
-// failed answer that carries a new refresh token is returned with its
-// error. A provider's wait longer than the deadline allows is returned as a
+// redeem calls the Refresher for base, stored as generation gen, retrying
+// what the policy calls transient on one backoff schedule until the
+// refresh deadline or Close. It never sends a request once the store's lock
+// is lost or Close was called. A failed answer that carries a new refresh
+// token has that token saved at once, and the retries go on from it, within
+// the same schedule; redeem returns the token and generation it ended on. A
+// provider's wait longer than the deadline allows is returned as a
 // *BackOffError.
-func (r *refresh) redeem(base *oauth2.Token, gen uint64) (*oauth2.Token, error) {
+func (r *refresh) redeem(base *oauth2.Token, gen uint64) (*oauth2.Token, *oauth2.Token, uint64, error) {
 	s := r.s
 	b := s.cfg.newBackOff()
 	var last error
 	for {
 		if err := r.mayStart(last); err != nil {
-			return nil, err
+			return nil, base, gen, err
 		}
 		r.attempts++
 		t, err := r.attempt(base, gen)
 		if err == nil {
 			if err = r.check(t); err == nil {
-				return t, nil
+				return t, base, gen, nil
 			}
 		}
 		if salvageable(t, base) {
-			return t, err
+			// The provider rotated the refresh token but the rest of its
+			// answer is unusable: keep the new refresh token.
+			st, serr := r.save(base, gen, salvage(t), Salvaged)
+			if serr != nil {
+				return nil, base, gen, err
+			}
+			base, gen = st.tok, st.gen
 		}
 		last = err
 		if errors.Is(err, ErrInDoubt) {
@@ -181,19 +183,19 @@ func (r *refresh) redeem(base *oauth2.Token, gen uint64) (*oauth2.Token, error) 
 		}
 		retry, wait := s.cfg.retry(err)
 		if !retry || needsReauth(err) {
-			return nil, err
+			return nil, base, gen, err
 		}
 		d := b.NextBackOff()
 		if d == backoff.Stop {
-			return nil, err
+			return nil, base, gen, err
 		}
 		now := time.Now()
 		d = max(d, wait)
 		if deadline, ok := r.soft.Deadline(); ok && now.Add(d).After(deadline) {
 			if wait > 0 {
-				return nil, &BackOffError{Key: s.key, Until: now.Add(wait), Err: err}
+				return nil, base, gen, &BackOffError{Key: s.key, Until: now.Add(wait), Err: err}
 			}
-			return nil, err
+			return nil, base, gen, err
 		}
 		level := slog.LevelWarn
 		if s.stopped.Err() != nil {
