@@ -441,7 +441,7 @@ func TestSaveFailureKeepsTokenAndRetries(t *testing.T) {
 			t.Errorf("refreshes: got %d, want 1", p.calls.Load())
 		}
 		store.failSaves(nil)
-		time.Sleep(time.Minute) // the save retries back off to 10 s at most
+		time.Sleep(time.Minute) // the save retries back off to a few seconds at most
 		synctest.Wait()
 		r := storedRecord(t, store, testKey)
 		if r.Generation != 2 || r.Token.RefreshToken != "tkrt_fake_1" {
