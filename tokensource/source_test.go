@@ -151,6 +151,45 @@ func TestNoRefreshLoop(t *testing.T) {
 	})
 }
 
+// TestAlreadyExpiredAnswerIsRejected: an answer whose token is already
+// expired is not served; it is a bad answer, retried within the backoff's
+// budget (here 2 retries: 3 requests). The rotated refresh token it carries
+// is kept, so that each retry presents the newest one.
+//
+// A provider that keeps answering so (a skewed clock, a misconfigured
+// lifetime) must not be called again at once without end: each salvaged
+// answer starts redeemFrom's loop over with a fresh backoff, no wait and no
+// retry limit, until the refresh deadline.
+func TestAlreadyExpiredAnswerIsRejected(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := &fakeProvider{life: -time.Minute}
+		p.fail = func(n int64, _ *oauth2.Token) error {
+			if n > 10 {
+				// Ends a run that ignores the retry budget, which would
+				// otherwise never block and so never let fake time pass.
+				return providerError(http.StatusBadRequest, "invalid_scope", nil)
+			}
+			return nil
+		}
+		store := storage.NewMemory()
+		s := newTestSource(t, p, store, quickBackOff(2))
+		if err := s.Put(context.Background(), &oauth2.Token{RefreshToken: "tkrt_0"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Token(); err == nil {
+			t.Fatal("served an already expired token")
+		}
+		if got := p.calls.Load(); got != 3 {
+			t.Errorf("token requests: got %d, want 3 (retried as a bad answer, within the backoff's budget)", got)
+		}
+		got := storedToken(t, store, testKey)
+		if want := "tkrt_fake_" + itoa(min(p.calls.Load(), 10)); got.RefreshToken != want || got.AccessToken != "" {
+			t.Errorf("stored: refresh token of answer %s, access token %v; want the last rotated refresh token and no access token",
+				got.RefreshToken[len("tkrt_fake_"):], got.AccessToken != "")
+		}
+	})
+}
+
 func TestConcurrentCallersShareOneRefresh(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := &fakeProvider{delay: 50 * time.Millisecond}
@@ -441,7 +480,7 @@ func TestSaveFailureKeepsTokenAndRetries(t *testing.T) {
 			t.Errorf("refreshes: got %d, want 1", p.calls.Load())
 		}
 		store.failSaves(nil)
-		time.Sleep(time.Minute) // the save retries back off to 10 s at most
+		time.Sleep(time.Minute) // the save retries back off to a few seconds at most
 		synctest.Wait()
 		r := storedRecord(t, store, testKey)
 		if r.Generation != 2 || r.Token.RefreshToken != "tkrt_fake_1" {
