@@ -25,6 +25,8 @@ type config struct {
 	hook           func(Event)
 
 	jitter func(n int64) int64 // uniform in [0, n)
+
+	limits *Limits // WithLimits; nil for none (limits.go)
 }
 
 func defaults() config {

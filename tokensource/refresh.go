@@ -165,8 +165,13 @@ func (r *refresh) redeem(base *oauth2.Token, gen uint64) (*oauth2.Token, error) 
 		if err := r.mayStart(last); err != nil {
 			return nil, err
 		}
+		release, err := r.waitLimits(last)
+		if err != nil {
+			return nil, err
+		}
 		r.attempts++
 		t, err := r.attempt(base, gen)
+		release()
 		if err == nil {
 			if err = r.check(t); err == nil {
 				return t, nil
