@@ -26,7 +26,9 @@ type config struct {
 
 	jitter func(n int64) int64 // uniform in [0, n)
 
-	limits *Limits // WithLimits; nil for none (limits.go)
+	sched     *Scheduler // WithScheduler; nil for none (scheduler.go)
+	keepAlive keepAlive  // WithKeepAlive (scheduler.go)
+	limits    *Limits    // WithLimits; nil for none (limits.go)
 }
 
 func defaults() config {
