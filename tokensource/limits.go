@@ -47,8 +47,12 @@ func NewLimits(concurrent int) *Limits {
 // Rate returns Limits that share l's cap on concurrent requests and also
 // send at most r requests a second, with bursts of up to burst, for the
 // Sources of one provider. Over any period of d seconds, at most
-// burst + r*d requests are sent. A burst below 1 is taken as 1; an r of
-// rate.Inf sets no rate limit.
+// burst + r*d requests are let go. They reach the provider a little less
+// evenly than they leave, as the scheduling of goroutines and the network
+// shift them: to stay under a limit the provider enforces per second, set
+// r some way below it (BenchmarkStaleStorm in package sessions uses 90 %)
+// and burst small. A burst below 1 is taken as 1; an r of rate.Inf sets no
+// rate limit.
 func (l *Limits) Rate(r rate.Limit, burst int) *Limits {
 	c := &Limits{rate: rate.NewLimiter(r, max(burst, 1))}
 	if l != nil {
