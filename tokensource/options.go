@@ -25,6 +25,10 @@ type config struct {
 	hook           func(Event)
 
 	jitter func(n int64) int64 // uniform in [0, n)
+
+	sched     *Scheduler // WithScheduler; nil for none (scheduler.go)
+	keepAlive keepAlive  // WithKeepAlive (scheduler.go)
+	limits    *Limits    // WithLimits; nil for none (limits.go)
 }
 
 func defaults() config {

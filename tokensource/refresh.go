@@ -161,8 +161,13 @@ func (r *refresh) redeem(base *oauth2.Token, gen uint64) (*oauth2.Token, *oauth2
 		if err := r.mayStart(last); err != nil {
 			return nil, base, gen, err
 		}
+		release, err := r.waitLimits(last)
+		if err != nil {
+			return nil, base, gen, err
+		}
 		r.attempts++
 		t, err := r.attempt(base, gen)
+		release()
 		if err == nil {
 			if err = r.check(t); err == nil {
 				return t, base, gen, nil

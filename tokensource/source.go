@@ -52,6 +52,8 @@ type Source struct {
 	background atomic.Bool  // a background refresh is running
 	notBefore  atomic.Int64 // no background refresh before this (Unix ns)
 	saving     atomic.Bool  // the save retry loop is running
+
+	slot slot // guarded by cfg.sched's mu: this Source's place in its Scheduler
 }
 
 // heldLock is the store's lock as a Source holds it.

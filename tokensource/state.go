@@ -90,6 +90,9 @@ func (s *Source) stateFor(t *oauth2.Token, lifetime time.Duration, now time.Time
 		window += time.Duration(s.cfg.jitter(int64(window/4) + 1))
 	}
 	st.staleAt = st.expireAt.Add(-window)
+	if at, _, ok := s.keepAliveAt(t, lifetime); ok && at.Before(st.staleAt) {
+		st.staleAt = at // the refresh token is due for redemption sooner (WithKeepAlive)
+	}
 	return st
 }
 
@@ -121,4 +124,13 @@ func (s *Source) endedState(gen, epoch uint64, reason string) *state {
 
 // swap replaces from by to in one compare-and-swap. A writer that loses
 // has been overtaken and must look at the new state before deciding again.
-func (s *Source) swap(from, to *state) bool { return s.cur.CompareAndSwap(from, to) }
+// With a Scheduler, a swap that succeeds moves the Source in its queue.
+func (s *Source) swap(from, to *state) bool {
+	if !s.cur.CompareAndSwap(from, to) {
+		return false
+	}
+	if s.cfg.sched != nil {
+		s.cfg.sched.update(s)
+	}
+	return true
+}
