@@ -51,11 +51,11 @@
 // # Purging an entry
 //
 // Delete removes an entry for good, whatever it holds, and with it its
-// generation: what is saved next starts again at generation 1, and a
-// process that remembers a higher generation for that key refuses it as a
-// rollback until it restarts. Use Delete to forget a user (for the file
-// store it also removes the entry's temporary, name and lock files); end a
-// session that may still be in use elsewhere with an ended record instead.
+// generation: what is saved next starts again at generation 1 (a
+// tokensource.Source that had seen the entry reports the session deleted).
+// Use Delete to forget a user; for the file store it also removes the
+// entry's temporary, name and lock files. End a session that may still be
+// in use elsewhere with an ended record instead, which every process sees.
 //
 // # Stores written for bare tokens
 //
