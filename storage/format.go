@@ -217,6 +217,9 @@ func unseal(ctx context.Context, k Key, env keyEnv, name string, b []byte) (*Rec
 	if err != nil {
 		return nil, err
 	}
+	if a, ok := k.(authenticator); ok {
+		a.authenticated(h) // only now may the header's parameters be trusted
+	}
 	if h.version == formatVersion {
 		return decodeRecord(pt)
 	}
@@ -246,6 +249,9 @@ func processEnv() keyEnv {
 // in-process lock only: create it once, before several machines or
 // processes seal with it, or share a raw key instead.
 func Seal(ctx context.Context, key Key, name string, r *Record) ([]byte, error) {
+	if err := checkArgs(ctx, key); err != nil {
+		return nil, fmt.Errorf("storage: seal %q: %w", name, err)
+	}
 	b, err := seal(ctx, key, processEnv(), name, r)
 	if err != nil {
 		return nil, fmt.Errorf("storage: seal %q: %w", name, err)
@@ -257,9 +263,23 @@ func Seal(ctx context.Context, key Key, name string, r *Record) ([]byte, error) 
 // errors match ErrCorrupt, ErrKeyLost or ErrUnavailable as the file store's
 // do.
 func Open(ctx context.Context, key Key, name string, b []byte) (*Record, error) {
+	if err := checkArgs(ctx, key); err != nil {
+		return nil, fmt.Errorf("storage: open %q: %w", name, err)
+	}
 	r, err := unseal(ctx, key, processEnv(), name, b)
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %q: %w", name, err)
 	}
 	return r, nil
+}
+
+// checkArgs refuses what Seal and Open cannot work with.
+func checkArgs(ctx context.Context, key Key) error {
+	switch {
+	case ctx == nil:
+		return errors.New("nil context")
+	case key == nil:
+		return errors.New("nil key")
+	}
+	return nil
 }

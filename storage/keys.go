@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/argon2"
+	"golang.org/x/sync/semaphore"
 )
 
 // A Key supplies the AES-256 key of a [File] store. Make one with [RawKey],
@@ -31,6 +32,12 @@ type keyMaterial struct {
 	kind   keyKind
 	params []byte
 	key    []byte
+}
+
+// authenticator is implemented by keys that learn from a header once its
+// entry's tag verified.
+type authenticator interface {
+	authenticated(h *header)
 }
 
 // keyEnv is what a store lends its key: a lock that serialises the creation
@@ -125,6 +132,9 @@ var (
 
 const saltSize = 16
 
+// idKey is argon2.IDKey; tests replace it to watch a derivation under way.
+var idKey = argon2.IDKey
+
 func (p Argon2Params) check() error {
 	switch {
 	case p.Time < 1 || p.Time > MaxArgon2Params.Time:
@@ -169,11 +179,19 @@ func Passphrase(passphrase []byte) (Key, error) {
 
 // PassphraseWithParams returns a Key derived from passphrase with argon2id.
 //
-// The key is derived once per salt, not once per call: the first entry read
-// or written fixes the salt, and later writes reuse it, so a store costs one
-// derivation per process. The Key keeps a copy of the passphrase for as long
-// as it is reachable, because entries written by other processes may carry
-// other salts; the caller may clear its own copy.
+// Writes use p, whatever the headers of the entries read carry, and one
+// salt: that of the first entry written, or of the first entry read whose
+// header has parameters p and whose tag verified. So a store costs one
+// derivation per process. Entries written with other parameters or salts,
+// by other processes or with other settings, are read at the cost of one
+// derivation each per process, within [MaxArgon2Params]. Derivations run
+// outside any lock: an entry whose key is derived already is never held up
+// by another entry's derivation. Together they use no more memory at a time
+// than the largest one allowed.
+//
+// The Key keeps a copy of the passphrase for as long as it is reachable,
+// because entries written by other processes may carry other salts; the
+// caller may clear its own copy.
 func PassphraseWithParams(passphrase []byte, p Argon2Params) (Key, error) {
 	if len(passphrase) == 0 {
 		return nil, errors.New("storage: empty passphrase")
@@ -181,44 +199,93 @@ func PassphraseWithParams(passphrase []byte, p Argon2Params) (Key, error) {
 	if err := p.check(); err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
-	return &passphraseKey{pass: append([]byte(nil), passphrase...), params: p, derived: make(map[string][]byte)}, nil
+	budget := int64(max(MaxArgon2Params.MemoryKiB, p.MemoryKiB))
+	return &passphraseKey{pass: append([]byte(nil), passphrase...), params: p,
+		kdf: semaphore.NewWeighted(budget), kdfBudget: budget, derived: make(map[string]*derivation)}, nil
 }
 
 type passphraseKey struct {
-	pass   []byte
-	params Argon2Params
+	pass      []byte
+	params    Argon2Params
+	kdf       *semaphore.Weighted // KiB of memory for derivations under way
+	kdfBudget int64               // kdf's size
 
-	mu      sync.Mutex        // guards derived and current; held while deriving, so each salt is derived once
-	derived map[string][]byte // encoded params and salt → key
-	current []byte            // encoded params and salt used for writes
+	mu      sync.Mutex             // guards derived and current; never held while deriving
+	derived map[string]*derivation // encoded params and salt → key, derived or under way
+	current string                 // encoded params and salt for writes; empty until the first write or authenticated read
 }
 
-func (k *passphraseKey) derive(encoded []byte, p Argon2Params, salt []byte) []byte {
-	if key, ok := k.derived[string(encoded)]; ok {
-		return key
-	}
-	key := argon2.IDKey(k.pass, salt, p.Time, p.MemoryKiB, p.Threads, 32)
-	k.derived[string(encoded)] = key
-	if k.current == nil {
-		k.current = encoded
-	}
-	return key
+// derivation is the derivation of one key, under way or done.
+type derivation struct {
+	done chan struct{} // closed when it ends
+	key  []byte        // set before done is closed; nil if it was given up
 }
 
-func (k *passphraseKey) sealing(context.Context, keyEnv) (keyMaterial, error) {
+// derive returns the key for p and salt, whose encoding is encoded,
+// deriving it once per Key: a caller asking for a key under way waits for
+// it, or for ctx; callers asking for other keys do not.
+func (k *passphraseKey) derive(ctx context.Context, encoded string, p Argon2Params, salt []byte) ([]byte, error) {
+	if ctx == nil {
+		ctx = context.Background() // deriving ignored ctx before it could wait: keep nil harmless
+	}
+	for {
+		k.mu.Lock()
+		d, ok := k.derived[encoded]
+		if !ok {
+			d = &derivation{done: make(chan struct{})}
+			k.derived[encoded] = d
+		}
+		k.mu.Unlock()
+		if !ok {
+			return k.run(ctx, d, encoded, p, salt)
+		}
+		select {
+		case <-d.done:
+			if d.key != nil {
+				return d.key, nil
+			}
+			// Its caller gave up waiting for memory: take its place.
+		case <-ctx.Done():
+			return nil, fmt.Errorf("derive key from passphrase: %w", ctx.Err())
+		}
+	}
+}
+
+// run derives d's key, once the memory it needs is free.
+func (k *passphraseKey) run(ctx context.Context, d *derivation, encoded string, p Argon2Params, salt []byte) ([]byte, error) {
+	defer close(d.done)
+	w := min(int64(p.MemoryKiB), k.kdfBudget)
+	if err := k.kdf.Acquire(ctx, w); err != nil {
+		k.mu.Lock()
+		delete(k.derived, encoded)
+		k.mu.Unlock()
+		return nil, fmt.Errorf("derive key from passphrase: %w", err)
+	}
+	defer k.kdf.Release(w)
+	d.key = idKey(k.pass, salt, p.Time, p.MemoryKiB, p.Threads, 32)
+	return d.key, nil
+}
+
+func (k *passphraseKey) sealing(ctx context.Context, _ keyEnv) (keyMaterial, error) {
 	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.current == nil {
+	if k.current == "" {
 		salt := make([]byte, saltSize)
 		if _, err := rand.Read(salt); err != nil {
+			k.mu.Unlock()
 			return keyMaterial{}, fmt.Errorf("storage: salt: %w", err)
 		}
-		k.derive(k.params.encode(salt), k.params, salt)
+		k.current = string(k.params.encode(salt))
 	}
-	return keyMaterial{kind: kindPassphrase, params: k.current, key: k.derived[string(k.current)]}, nil
+	encoded := k.current
+	k.mu.Unlock()
+	key, err := k.derive(ctx, encoded, k.params, []byte(encoded[len(encoded)-saltSize:]))
+	if err != nil {
+		return keyMaterial{}, err
+	}
+	return keyMaterial{kind: kindPassphrase, params: []byte(encoded), key: key}, nil
 }
 
-func (k *passphraseKey) opening(_ context.Context, _ keyEnv, h *header) ([]byte, error) {
+func (k *passphraseKey) opening(ctx context.Context, _ keyEnv, h *header) ([]byte, error) {
 	if h.kind != kindPassphrase {
 		return nil, wrongKind(h, kindPassphrase)
 	}
@@ -226,9 +293,22 @@ func (k *passphraseKey) opening(_ context.Context, _ keyEnv, h *header) ([]byte,
 	if err != nil {
 		return nil, err
 	}
+	return k.derive(ctx, string(h.params), p, salt)
+}
+
+// authenticated hears that the tag of an entry with header h verified. If
+// h has the Key's own parameters and writes have no salt yet, they take
+// h's: its key is derived already. Nothing in a header is used for writes
+// before its tag verifies.
+func (k *passphraseKey) authenticated(h *header) {
+	if p, _, err := decodeArgon2(h.params); err != nil || p != k.params {
+		return
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.derive(append([]byte(nil), h.params...), p, salt), nil
+	if k.current == "" {
+		k.current = string(h.params)
+	}
 }
 
 // KeyringKey returns a Key that is a random 256-bit key kept in the OS

@@ -34,24 +34,82 @@
 // token twice, which providers with reuse detection (Okta, Auth0) punish by
 // revoking the whole session. Fresh tokens never touch the lock.
 //
+// # The session ledger
+//
+// The store keeps each session as a [storage.Record] with a generation
+// that grows by one on every write, and every write is conditional on the
+// generation it was derived from. A Source serves one state at a time and
+// remembers the generation it came from; every change to it — a refresh, an
+// adoption, Put, Revoke, Invalidate, a save retry, Close — is made against
+// the state it started from, and one operation at a time may write the
+// store. A late save retry, a slow save or a refresh that began before a
+// Put therefore loses to the newer state instead of overwriting it.
+//
+// Revoke, and a provider that refuses the refresh token, save an ended
+// record (a tombstone) in place of the session: every Source that reads it,
+// in any process, returns an error matching [ErrReauthRequired] without
+// calling the provider, and no refresh derived from an older generation can
+// replace it. Only [Source.Put] (a new login) does. A session the provider
+// refused therefore costs one provider request, however many processes
+// share it. To remove an entry for good, call the store's Delete: a Source
+// that has seen the session then reports it deleted.
+//
+// A Source remembers the highest generation it has loaded or written, and
+// refuses a lower one with an error matching [storage.ErrCorrupt] that says
+// rollback: someone put an older copy of the entry back while the program
+// ran. A program that starts after the copy was put back cannot tell.
+//
 // # Failures
 //
 // Transient failures — network errors, HTTP 408, 429 and 5xx, answers that
-// are not a token — are retried on a fresh exponential backoff with jitter,
-// honouring Retry-After (see [DefaultRetryPolicy], [WithBackOff]). The
-// provider's refusal of the grant or the client (invalid_grant,
-// invalid_client, unauthorized_client) is not retried: the store is read
-// once more, in case another process rotated the refresh token, and
-// otherwise the error matches [ErrReauthRequired]. The Source then keeps
-// returning that error without calling the provider until a new login is
-// stored with [Source.Put], here or by another process.
+// are not a token — are retried on a fresh exponential backoff with jitter
+// (see [DefaultRetryPolicy], [WithBackOff]). A Retry-After the provider
+// sends with 429 or 503 is honoured; when it reaches past the refresh
+// deadline, it is remembered for the session and saved in the store, and
+// until it passes no caller, background refresh or other process sends a
+// request: callers get a [*BackOffError] saying until when, or wait for it
+// when their context and the refresh deadline allow. The provider's refusal
+// of the grant or the client (invalid_grant, invalid_client,
+// unauthorized_client) is not retried: the store is read once more, in case
+// another process rotated the refresh token, and otherwise the session
+// ends as described above.
+//
+// A store that cannot be read makes the refresh fail with a transient error
+// rather than redeem the refresh token held in memory, which another
+// process may have rotated already — unless memory holds a token newer than
+// the store, whose save is pending.
 //
 // A refreshed token is saved before it is returned. A refresh answer without
 // a refresh token keeps the previous one, and extra fields the answer leaves
-// out (id_token, scope) keep their previous values. If the save fails, the
-// call returns an error matching [ErrNotSaved], the new token is served from
-// memory, saving is retried in the background, and [Source.Close] reports
-// whether it was finally saved.
+// out (id_token, scope) keep their previous values. The lifetime the
+// provider granted is recorded when the token arrives, so that a token
+// without expires_in (client credentials) loaded by another process is
+// still refreshed early. If the save fails, the call returns an error
+// matching [ErrNotSaved], the new token is served from memory, and the
+// Source keeps the store's lock — other processes wait, within their lock
+// timeout, rather than redeem the refresh token it replaced — while saving
+// is retried; [Source.Close] makes a last attempt and reports a loss.
+//
+// # In-doubt requests
+//
+// Once a refresh request has been written to the connection, the provider
+// may have redeemed the refresh token and issued a new one. Such a request
+// is never abandoned: [WithAttemptTimeout] bounds connecting and sending
+// (for [ConfigRefresher]; other Refreshers cannot tell, and the timeout
+// bounds their whole call), and the answer is awaited until the refresh
+// deadline. A caller whose context ends stops waiting; the request goes on.
+// [Source.Close] lets a request that was sent finish, for up to
+// [WithCloseGrace], and saves its result; it cancels at once only work that
+// sent nothing. An answer whose access token part is unusable but that
+// carries a new refresh token has the refresh token saved (the [Salvaged]
+// event). An outcome that stays unknown — the deadline or the grace ended,
+// the connection dropped after sending — is reported as an [InDoubt] event
+// and a log record before any retry with the same refresh token: that
+// token is all the Source has, providers with a reuse interval accept it,
+// and those without answer invalid_grant, which ends the session visibly
+// instead of silently. A Refresher that ignores its context is left
+// running; if it returns later with a new refresh token, that token is
+// saved, provided the session has not moved on.
 //
 // # Secrets
 //

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"golang.org/x/oauth2"
 
 	"github.com/tokenkeep/tokenkeep/internal/authserver"
 	"github.com/tokenkeep/tokenkeep/storage"
@@ -78,16 +77,41 @@ func TestNoSecretAnywhere(t *testing.T) {
 		name string
 		run  func(t *testing.T)
 	}{
-		{"background refreshes through the transport", func(t *testing.T) {
-			srv, src := hygieneSource(t, w, authserver.Config{AccessTTL: 800 * time.Millisecond})
-			client := transport.NewClient(src)
-			for range 20 {
-				resp, err := client.Get(srv.ResourceURL())
-				w.err(err)
-				if err == nil {
-					resp.Body.Close()
+		{"background refreshes and 401s through the transport", func(t *testing.T) {
+			for range 3 {
+				var refreshed sync.WaitGroup
+				hook := func(e tokensource.Event) {
+					w.hook(e)
+					if e.Kind == tokensource.Refreshed {
+						refreshed.Done()
+					}
 				}
-				time.Sleep(50 * time.Millisecond)
+				srv, src := hygieneSource(t, w, authserver.Config{}, tokensource.WithHook(hook))
+				client := transport.NewClient(src)
+				get := func() {
+					resp, err := client.Get(srv.ResourceURL())
+					w.err(err)
+					if err == nil {
+						resp.Body.Close()
+					}
+				}
+				// A login in its early-refresh window: served while the
+				// next token is fetched in the background.
+				stale := srv.Mint()
+				stale.Expiry = time.Now().Add(2 * time.Minute)
+				if err := src.Put(context.Background(), stale); err != nil {
+					t.Fatal(err)
+				}
+				refreshed.Add(1)
+				get()
+				refreshed.Wait()
+				get()
+				// The resource refuses the access token: the transport
+				// invalidates it and the request is retried after a refresh.
+				srv.ExpireAccessTokens()
+				refreshed.Add(1)
+				get()
+				refreshed.Wait()
 			}
 		}},
 		{"503s ridden out", func(t *testing.T) {
@@ -111,7 +135,9 @@ func TestNoSecretAnywhere(t *testing.T) {
 			w.err(err)
 		}},
 		{"provider echoes the token in a 500 page", func(t *testing.T) {
-			srv, src := hygieneSource(t, w, authserver.Config{}, tokensource.WithRefreshTimeout(300*time.Millisecond))
+			srv, src := hygieneSource(t, w, authserver.Config{}, tokensource.WithBackOff(func() backoff.BackOff {
+				return backoff.WithMaxRetries(backoff.NewConstantBackOff(5*time.Millisecond), 2)
+			}))
 			tok, _ := src.Token()
 			srv.SetFailRate(authserver.EndpointToken, 1, authserver.Fault{Status: 500, ContentType: "text/html",
 				Body: "<html>refresh_token=" + tok.RefreshToken + "</html>"})
@@ -145,7 +171,9 @@ func TestNoSecretAnywhere(t *testing.T) {
 				t.Fatal(err)
 			}
 			tok, _ := src.Token()
+			st.mu.Lock()
 			st.fail = true
+			st.mu.Unlock()
 			src.Invalidate(tok)
 			_, err := src.Token()
 			if !errors.Is(err, tokensource.ErrNotSaved) {
@@ -160,7 +188,7 @@ func TestNoSecretAnywhere(t *testing.T) {
 			f, _ := storage.NewFile(dir, key)
 			srv := authserver.New(authserver.Config{})
 			t.Cleanup(srv.Close)
-			w.err(f.Save(context.Background(), "e", srv.Mint()))
+			w.err(storage.SaveToken(context.Background(), f, "e", srv.Mint()))
 			other, _ := storage.RawKey(bytes.Repeat([]byte{1}, 32))
 			g, _ := storage.NewFile(dir, other)
 			_, err := g.Load(context.Background(), "e")
@@ -186,7 +214,7 @@ func TestNoSecretAnywhere(t *testing.T) {
 			key, _ := storage.RawKey(rawKey)
 			dir := filepath.Join(t.TempDir(), "s")
 			f, _ := storage.NewFile(dir, key)
-			f.Save(context.Background(), "alice", srv.Mint())
+			w.err(storage.SaveToken(context.Background(), f, "alice", srv.Mint()))
 			os.WriteFile(f.Path("alice"), []byte("TKKF garbage tkrt_in_file"), 0o600)
 			src := hygieneSourceOn(t, w, srv, f)
 			_, err := src.Token()
@@ -251,12 +279,12 @@ type failingSaves struct {
 	fail bool
 }
 
-func (f *failingSaves) Save(ctx context.Context, key string, t *oauth2.Token) error {
+func (f *failingSaves) Save(ctx context.Context, key string, r *storage.Record) error {
 	f.mu.Lock()
 	fail := f.fail
 	f.mu.Unlock()
 	if fail {
 		return errors.New("disk full")
 	}
-	return f.Store.Save(ctx, key, t)
+	return f.Store.Save(ctx, key, r)
 }

@@ -17,12 +17,13 @@ type config struct {
 	refreshTimeout time.Duration
 	attemptTimeout time.Duration
 	lockTimeout    time.Duration
+	revokeTimeout  time.Duration
+	closeGrace     time.Duration
 	newBackOff     func() backoff.BackOff
 	retry          RetryPolicy
 	logger         *slog.Logger
 	hook           func(Event)
 
-	now    func() time.Time
 	jitter func(n int64) int64 // uniform in [0, n)
 }
 
@@ -33,10 +34,11 @@ func defaults() config {
 		refreshTimeout: 30 * time.Second,
 		attemptTimeout: 10 * time.Second,
 		lockTimeout:    30 * time.Second,
+		revokeTimeout:  30 * time.Second,
+		closeGrace:     10 * time.Second,
 		newBackOff:     DefaultBackOff,
 		retry:          DefaultRetryPolicy,
 		logger:         slog.New(slog.DiscardHandler),
-		now:            time.Now,
 		jitter:         rand.Int64N,
 	}
 }
@@ -59,9 +61,10 @@ func WithExpiryDelta(d time.Duration) Option {
 	return func(c *config) { c.expiryDelta = max(d, 0) }
 }
 
-// WithRefreshTimeout bounds one refresh, retries and lock wait included.
-// The default is 30 seconds. Callers waiting with a shorter context return
-// when it ends; the refresh goes on for the others.
+// WithRefreshTimeout bounds one refresh, retries and lock wait included,
+// and so how long the answer to a request that reached the provider is
+// awaited. The default is 30 seconds. Callers waiting with a shorter
+// context return when it ends; the refresh goes on for the others.
 func WithRefreshTimeout(d time.Duration) Option {
 	return func(c *config) {
 		if d > 0 {
@@ -70,8 +73,15 @@ func WithRefreshTimeout(d time.Duration) Option {
 	}
 }
 
-// WithAttemptTimeout bounds each token endpoint request, so that one hung
-// connection leaves time to retry. The default is 10 seconds.
+// WithAttemptTimeout bounds connecting to the token endpoint and sending
+// each request, so that one hung connection leaves time to retry. The
+// default is 10 seconds. Once a request was written, the provider may have
+// redeemed the refresh token: its answer is awaited until the refresh
+// deadline rather than abandoned (see the package documentation, "In-doubt
+// requests"). For a Refresher other than ConfigRefresher, which cannot say
+// whether its request was sent, the timeout bounds the whole call and a
+// call cut short by it is reported as in doubt. It also bounds each save of
+// a token that was already issued.
 func WithAttemptTimeout(d time.Duration) Option {
 	return func(c *config) {
 		if d > 0 {
@@ -86,6 +96,28 @@ func WithLockTimeout(d time.Duration) Option {
 	return func(c *config) {
 		if d > 0 {
 			c.lockTimeout = d
+		}
+	}
+}
+
+// WithRevokeTimeout bounds [Source.Revoke], provider request and store
+// write included, whatever its context. The default is 30 seconds.
+func WithRevokeTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.revokeTimeout = d
+		}
+	}
+}
+
+// WithCloseGrace bounds how long [Source.Close] waits for a refresh whose
+// request already reached the provider, so that its answer — perhaps a
+// rotated refresh token — is saved rather than lost. The default is 10
+// seconds. Work that has sent nothing is cancelled at once.
+func WithCloseGrace(d time.Duration) Option {
+	return func(c *config) {
+		if d >= 0 {
+			c.closeGrace = d
 		}
 	}
 }
@@ -144,6 +176,16 @@ const (
 	// SaveFailed: a new token could not be saved; it is served from memory
 	// and saving is retried. Err says why.
 	SaveFailed
+	// InDoubt: a refresh request reached the provider but no answer came
+	// back, so the provider may have redeemed the refresh token. Reported
+	// before any retry with the same token. Err says why.
+	InDoubt
+	// Salvaged: an answer that could not be served carried a new refresh
+	// token, which was saved; or a late answer was saved.
+	Salvaged
+	// Lost: a token the provider issued could not be kept: the store moved
+	// on meanwhile, or Close could not save it. Err says why.
+	Lost
 )
 
 func (k EventKind) String() string {
@@ -156,6 +198,12 @@ func (k EventKind) String() string {
 		return "failed"
 	case SaveFailed:
 		return "save-failed"
+	case InDoubt:
+		return "in-doubt"
+	case Salvaged:
+		return "salvaged"
+	case Lost:
+		return "lost"
 	}
 	return "unknown"
 }

@@ -23,6 +23,11 @@ import (
 // context that carries the refresh's own deadline. Errors that the provider
 // reports should be (or wrap) *oauth2.RetrieveError with Response set, so
 // that the status code and Retry-After drive the retry policy.
+//
+// A Refresher may return a token and an error together: the provider issued
+// t.RefreshToken, but the rest of its answer is unusable; the Source saves
+// the refresh token. Such a token carries at least its refresh token; its
+// access token may be empty and its Expiry zero, and it is never served.
 type Refresher interface {
 	Refresh(ctx context.Context, t *oauth2.Token) (*oauth2.Token, error)
 }
@@ -38,6 +43,9 @@ type RefresherFunc func(ctx context.Context, t *oauth2.Token) (*oauth2.Token, er
 
 // Refresh calls f(ctx, t).
 func (f RefresherFunc) Refresh(ctx context.Context, t *oauth2.Token) (*oauth2.Token, error) {
+	if f == nil {
+		return nil, errors.New("tokensource: nil RefresherFunc")
+	}
 	return f(ctx, t)
 }
 
@@ -61,9 +69,19 @@ type ConfigRefresher struct {
 	// returns ErrNoRevocationEndpoint.
 	RevocationURL string
 	// HTTPClient sends the requests. If nil, http.DefaultClient is used.
-	// Each request is bounded by the Source's refresh deadline whatever the
-	// client's own Timeout.
+	// Each request is bounded by the Source's deadlines. A Timeout set on
+	// the client also cuts the wait for the answer to a request already
+	// sent, which then ends in doubt; leave it zero.
 	HTTPClient *http.Client
+	// AuthMethods is the provider's token_endpoint_auth_methods_supported,
+	// from its discovery document (RFC 8414, OpenID Connect Discovery). When
+	// Config.Endpoint.AuthStyle is unset, it picks the style up front:
+	// client_secret_basic, client_secret_post, or none for a client without
+	// a secret. If nil, or if it names none of these, the style is detected
+	// on first use: a client without a secret sends its client_id in the
+	// body, one with a secret tries HTTP Basic, then the body, and the
+	// style that worked is kept.
+	AuthMethods []string
 
 	now func() time.Time // for tests; nil means time.Now
 
@@ -84,7 +102,7 @@ func NewConfigRefresher(cfg *oauth2.Config, revocationURL string, hc *http.Clien
 // Validate reports a missing config or an endpoint that would carry secrets
 // over plain HTTP.
 func (r *ConfigRefresher) Validate() error {
-	if r.Config == nil {
+	if r == nil || r.Config == nil {
 		return errors.New("tokensource: ConfigRefresher has no Config")
 	}
 	if err := oauthwire.CheckEndpoint(r.Config.Endpoint.TokenURL); err != nil {
@@ -100,10 +118,14 @@ func (r *ConfigRefresher) Validate() error {
 
 func (r *ConfigRefresher) client() *oauthwire.Client {
 	r.once.Do(func() {
+		style := r.Config.Endpoint.AuthStyle
+		if style == oauth2.AuthStyleAutoDetect {
+			style = oauthwire.AuthStyleFromMethods(r.AuthMethods, r.Config.ClientSecret != "")
+		}
 		r.wire = &oauthwire.Client{
 			ClientID:     r.Config.ClientID,
 			ClientSecret: r.Config.ClientSecret,
-			AuthStyle:    r.Config.Endpoint.AuthStyle,
+			AuthStyle:    style,
 			HTTP:         r.HTTPClient,
 			Now:          r.now,
 		}
@@ -113,6 +135,13 @@ func (r *ConfigRefresher) client() *oauthwire.Client {
 
 // Refresh implements Refresher with the refresh_token grant. A token without
 // a refresh token yields an error that matches ErrReauthRequired.
+//
+// A 2xx answer that carries a refresh token but is otherwise unusable is
+// returned as a token holding that refresh token together with an error
+// that says what was wrong, as the Refresher contract allows. A request
+// that was sent but whose answer was not read whole fails with an error
+// saying that its outcome is in doubt: the provider may have rotated the
+// refresh token.
 func (r *ConfigRefresher) Refresh(ctx context.Context, t *oauth2.Token) (*oauth2.Token, error) {
 	if err := r.Validate(); err != nil {
 		return nil, err
@@ -127,12 +156,21 @@ func (r *ConfigRefresher) Refresh(ctx context.Context, t *oauth2.Token) (*oauth2
 	return r.client().Token(ctx, r.Config.Endpoint.TokenURL, form)
 }
 
+// boundsSending tells the Source that Refresh honours the send timeout set
+// with oauthwire.WithSendTimeout: it gives up on a request only before the
+// request was written, and reports the outcome as in doubt after.
+func (r *ConfigRefresher) boundsSending() {}
+
 // Revoke implements Revoker: it revokes t's refresh token, or its access
 // token when it has none. Revoking a refresh token also ends the access
-// tokens issued from it at most providers (RFC 7009 section 2.1).
+// tokens issued from it at most providers (RFC 7009 section 2.1). A nil or
+// empty t is an error. The client authenticates as for Refresh.
 func (r *ConfigRefresher) Revoke(ctx context.Context, t *oauth2.Token) error {
 	if err := r.Validate(); err != nil {
 		return err
+	}
+	if t == nil || t.RefreshToken == "" && t.AccessToken == "" {
+		return errors.New("tokensource: no token to revoke")
 	}
 	if r.RevocationURL == "" {
 		return ErrNoRevocationEndpoint
@@ -154,6 +192,13 @@ func (r *ConfigRefresher) Revoke(ctx context.Context, t *oauth2.Token) error {
 //	r := tokensource.FromTokenSource(cc.TokenSource)
 func FromTokenSource(newSource func(ctx context.Context) oauth2.TokenSource) Refresher {
 	return RefresherFunc(func(ctx context.Context, _ *oauth2.Token) (*oauth2.Token, error) {
-		return newSource(ctx).Token()
+		var ts oauth2.TokenSource
+		if newSource != nil {
+			ts = newSource(ctx)
+		}
+		if ts == nil {
+			return nil, errors.New("tokensource: FromTokenSource has no TokenSource")
+		}
+		return ts.Token()
 	})
 }

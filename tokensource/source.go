@@ -25,38 +25,43 @@ import (
 type Source struct {
 	refresher Refresher
 	store     storage.Store
-	locker    storage.Locker // the store's, or nil
+	locker    storage.Locker      // the store's, or nil
+	leaser    storage.LeaseLocker // the store's, or nil
 	key       string
 	cfg       config
 
-	cur   atomic.Pointer[state] // nil until first use
+	cur   atomic.Pointer[state] // the served state; nil until first use
 	group singleflight.Group    // one refresh at a time
+	seen  atomic.Uint64         // the highest generation loaded or written
 
-	ctx    context.Context // parent of every refresh; ended by Close
-	cancel context.CancelFunc
+	// turn is held by the one operation that may write the store: a
+	// refresh, Put, Revoke, a save retry, or Close's last save. It is held
+	// across I/O, but never by a caller whose token is fresh.
+	turn chan struct{}
+	held *heldLock // guarded by turn: the store's lock, kept while a save is pending
+
+	stopped    context.Context    // ended by Close: start nothing new
+	cancelStop context.CancelFunc //
+	hard       context.Context    // ended by Close once its grace has passed
+	cancelHard context.CancelFunc //
 
 	mu     sync.Mutex     // guards closed and wg.Add
 	closed bool           //
-	wg     sync.WaitGroup // refreshes and save retries under way
+	wg     sync.WaitGroup // refreshes, save retries and Puts under way
 
 	background atomic.Bool  // a background refresh is running
 	notBefore  atomic.Int64 // no background refresh before this (Unix ns)
 	saving     atomic.Bool  // the save retry loop is running
 }
 
-// state is what a Source serves, replaced whole on every change.
-type state struct {
-	tok      *oauth2.Token // nil when nothing can be served
-	staleAt  time.Time     // from here on, tok is served and refreshed in the background
-	expireAt time.Time     // from here on, tok is not served
-	rejected bool          // a server refused tok (Invalidate); never adopt it again
-	unsaved  bool          // tok is newer than the store holds
-	err      error         // the provider refused the session: served once tok expires, until the store offers another
-	deadRT   string        // with err: the refresh token the provider refused
+// heldLock is the store's lock as a Source holds it.
+type heldLock struct {
+	unlock func() error
+	lease  context.Context // done when the lock is known lost; nil for locks that cannot be lost
 }
 
-// never is later than any expiry.
-var never = time.Unix(1<<62, 0)
+// lost reports whether the lock is known to be lost.
+func (h *heldLock) lost() bool { return h.lease != nil && h.lease.Err() != nil }
 
 const flightKey = "refresh"
 
@@ -80,11 +85,24 @@ func New(r Refresher, store storage.Store, key string, opts ...Option) (*Source,
 	}
 	s := &Source{refresher: r, store: store, key: key, cfg: defaults()}
 	for _, o := range opts {
-		o(&s.cfg)
+		if o != nil {
+			o(&s.cfg)
+		}
 	}
 	s.locker, _ = store.(storage.Locker)
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.leaser, _ = store.(storage.LeaseLocker)
+	s.turn = make(chan struct{}, 1)
+	s.stopped, s.cancelStop = context.WithCancel(context.Background())
+	s.hard, s.cancelHard = context.WithCancel(context.Background())
 	return s, nil
+}
+
+// usable reports whether s was made by New; a zero Source is not.
+func (s *Source) usable() error {
+	if s == nil || s.turn == nil {
+		return errors.New("tokensource: Source not made by New")
+	}
+	return nil
 }
 
 // Token implements oauth2.TokenSource. It is TokenContext without a
@@ -100,7 +118,7 @@ func (s *Source) Token() (*oauth2.Token, error) {
 // then no longer than ctx allows: the refresh goes on for other callers.
 func (s *Source) TokenContext(ctx context.Context) (*oauth2.Token, error) {
 	if st := s.cur.Load(); st != nil {
-		now := s.cfg.now()
+		now := time.Now()
 		if now.Before(st.staleAt) {
 			return st.tok, nil
 		}
@@ -109,13 +127,26 @@ func (s *Source) TokenContext(ctx context.Context) (*oauth2.Token, error) {
 			return st.tok, nil
 		}
 	}
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
 	return s.wait(ctx)
 }
 
-// wait joins (or starts) the refresh and waits for it or for ctx.
+// wait joins (or starts) the refresh and waits for it or for ctx. While the
+// provider's back-off runs, it waits for its end if ctx and the refresh
+// deadline allow, and otherwise fails at once without calling the provider.
 func (s *Source) wait(ctx context.Context) (*oauth2.Token, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("tokensource: token for %q: %w", s.key, err)
+	}
+	if st := s.cur.Load(); st != nil && st.ended == nil {
+		if err := s.waitBackOff(ctx, st.retryAfter); err != nil {
+			return nil, err
+		}
 	}
 	ch := s.group.DoChan(flightKey, func() (any, error) { return s.flight(false) })
 	select {
@@ -129,10 +160,32 @@ func (s *Source) wait(ctx context.Context) (*oauth2.Token, error) {
 	}
 }
 
-// refreshEarly starts a background refresh of st unless one is running or
-// the last one failed too recently.
+// waitBackOff waits until the provider's back-off ends at until, or
+// returns a *BackOffError if ctx or the refresh deadline end first.
+func (s *Source) waitBackOff(ctx context.Context, until time.Time) error {
+	d := time.Until(until)
+	if d <= 0 {
+		return nil
+	}
+	if deadline, ok := ctx.Deadline(); d > s.cfg.refreshTimeout || (ok && until.After(deadline)) {
+		return &BackOffError{Key: s.key, Until: until}
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("tokensource: waiting for the provider's back-off of %q: %w", s.key, ctx.Err())
+	case <-s.stopped.Done():
+		return ErrClosed
+	}
+}
+
+// refreshEarly starts a background refresh of st unless one is running, the
+// last one failed too recently, or the provider asked to wait.
 func (s *Source) refreshEarly(st *state, now time.Time) {
-	if now.UnixNano() < s.notBefore.Load() || !s.background.CompareAndSwap(false, true) {
+	if now.UnixNano() < s.notBefore.Load() || now.Before(st.retryAfter) || !s.background.CompareAndSwap(false, true) {
 		return
 	}
 	if !s.enter() {
@@ -146,28 +199,67 @@ func (s *Source) refreshEarly(st *state, now time.Time) {
 		if err != nil {
 			// Try again after an eighth of the time left, so that a
 			// provider outage costs a handful of attempts per lifetime.
-			now := s.cfg.now()
+			now := time.Now()
 			pause := max(time.Second, st.expireAt.Sub(now)/8)
 			s.notBefore.Store(now.Add(pause).UnixNano())
 		}
 	}()
 }
 
-// flight runs one refresh on a context of its own, detached from callers.
+// flight runs one refresh, detached from callers, bounded by the refresh
+// timeout and by Close.
 func (s *Source) flight(background bool) (any, error) {
 	if !s.enter() {
 		return nil, ErrClosed
 	}
 	defer s.wg.Done()
-	st := s.cur.Load()
-	if st != nil && st.tok != nil && s.cfg.now().Before(st.staleAt) {
-		return st.tok, nil // a refresh that ended while this one was set up
+	deadline := time.Now().Add(s.cfg.refreshTimeout)
+	hard, cancelHard := context.WithDeadline(s.hard, deadline)
+	defer cancelHard()
+	soft, cancelSoft := context.WithDeadline(s.stopped, deadline) // Close ends it before hard
+	defer cancelSoft()
+
+	if !s.takeTurn(soft) {
+		if st := s.cur.Load(); st.servable(time.Now()) {
+			return st.tok, nil // the turn's holder was a Put or a save: nothing to refresh
+		}
+		return nil, s.closedOr(fmt.Errorf("tokensource: refresh %q: %w", s.key, soft.Err()))
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.refreshTimeout)
-	defer cancel()
-	r := &refresh{s: s, prev: st, background: background, start: s.cfg.now()}
-	return r.run(ctx)
+	defer s.giveTurn()
+	st := s.cur.Load()
+	if st != nil && st.tok != nil && st.rejected == "" && st.ended == nil && time.Now().Before(st.staleAt) {
+		return st.tok, nil // a refresh that ended while this one waited for the turn
+	}
+	r := &refresh{s: s, start: st, background: background, began: time.Now(), soft: soft, hard: hard}
+	tok, err := r.run()
+	s.unlockUnlessPending()
+	return tok, err
 }
+
+// closedOr returns ErrClosed once Close was called, and err otherwise.
+func (s *Source) closedOr(err error) error {
+	if s.stopped.Err() != nil {
+		return ErrClosed
+	}
+	return err
+}
+
+// takeTurn waits for the turn until ctx ends.
+func (s *Source) takeTurn(ctx context.Context) bool {
+	select {
+	case s.turn <- struct{}{}:
+		return true
+	default:
+	}
+	select {
+	case s.turn <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (s *Source) giveTurn() { <-s.turn }
 
 // enter registers work that Close must wait for; it reports false once the
 // Source is closed.
@@ -181,250 +273,220 @@ func (s *Source) enter() bool {
 	return true
 }
 
-// stateFor computes when t turns stale and invalid. The lifetime the
-// provider granted (t.ExpiresIn) scales both margins, so that short-lived
-// tokens are still used and a token loaded from storage late in its life is
-// refreshed early; when it is unknown, the time left is used.
-func (s *Source) stateFor(t *oauth2.Token, now time.Time) *state {
-	if t.AccessToken == "" {
-		return &state{tok: t} // only a refresh token: refresh before use
+// lock makes sure the Source holds the store's lock, taking it if needed,
+// waiting no longer than ctx and the lock timeout allow. The caller holds
+// the turn. It returns the lease context of the lock, or nil.
+func (s *Source) lock(ctx context.Context) (context.Context, error) {
+	if s.locker == nil {
+		return nil, nil
 	}
-	if t.Expiry.IsZero() {
-		return &state{tok: t, staleAt: never, expireAt: never}
+	if s.held != nil && !s.held.lost() {
+		return s.held.lease, nil
 	}
-	// Round(0) drops the monotonic reading a freshly received Expiry
-	// carries, so that comparisons use the wall clock: the monotonic clock
-	// stands still while the machine sleeps, and a token must not look
-	// fresh to a laptop that wakes up hours after it expired.
-	expiry := t.Expiry.Round(0)
-	life := expiry.Sub(now)
-	if t.ExpiresIn > 0 {
-		life = time.Duration(t.ExpiresIn) * time.Second
+	if s.held != nil {
+		s.cfg.logger.LogAttrs(ctx, slog.LevelWarn, "tokensource: store lock lost; taking it again", slog.String("key", s.key))
+		s.held.unlock()
+		s.held = nil
 	}
-	life = max(life, 0)
-	expireAt := expiry.Add(-min(s.cfg.expiryDelta, life/10))
-	window := min(s.cfg.early, life/4)
-	if window > 0 {
-		window += time.Duration(s.cfg.jitter(int64(window/4) + 1))
+	lctx, cancel := context.WithTimeout(ctx, s.cfg.lockTimeout)
+	defer cancel()
+	h := &heldLock{}
+	var err error
+	if s.leaser != nil {
+		h.lease, h.unlock, err = s.leaser.LockLease(lctx, s.key)
+	} else {
+		h.unlock, err = s.locker.Lock(lctx, s.key)
 	}
-	return &state{tok: t, staleAt: expireAt.Add(-window), expireAt: expireAt}
+	if err != nil {
+		return nil, fmt.Errorf("tokensource: lock %q: %w", s.key, err)
+	}
+	s.held = h
+	return h.lease, nil
+}
+
+// unlockUnlessPending releases the store's lock unless the served token
+// still has to be saved: until it is, other processes must wait rather
+// than redeem the refresh token it replaced. The caller holds the turn.
+func (s *Source) unlockUnlessPending() {
+	if st := s.cur.Load(); st != nil && st.unsaved {
+		return
+	}
+	s.unlock()
+}
+
+// unlock releases the store's lock if the Source holds it. The caller
+// holds the turn.
+func (s *Source) unlock() {
+	if s.held == nil {
+		return
+	}
+	if err := s.held.unlock(); err != nil {
+		s.cfg.logger.LogAttrs(context.Background(), slog.LevelWarn, "tokensource: releasing the store lock failed",
+			slog.String("key", s.key), slog.String("error", err.Error()))
+	}
+	s.held = nil
+}
+
+// load reads the stored record: nil when there is none. A generation lower
+// than one this Source has seen is a rollback, reported as an error that
+// matches storage.ErrCorrupt.
+func (s *Source) load(ctx context.Context) (*storage.Record, error) {
+	rec, err := s.store.Load(ctx, s.key)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case rec == nil:
+		return nil, fmt.Errorf("tokensource: store returned no record for %q: %w", s.key, storage.ErrCorrupt)
+	}
+	if seen := s.seen.Load(); rec.Generation < seen {
+		return nil, &rollbackError{key: s.key, got: rec.Generation, seen: seen}
+	}
+	s.observe(rec.Generation)
+	return rec, nil
+}
+
+// observe raises the highest generation seen to gen.
+func (s *Source) observe(gen uint64) {
+	for {
+		seen := s.seen.Load()
+		if gen <= seen || s.seen.CompareAndSwap(seen, gen) {
+			return
+		}
+	}
+}
+
+// install serves next in place of from, unless the session was replaced
+// (Put, Revoke, Close) since from; it reports whether it did. A rejection
+// of next's token that was made meanwhile (Invalidate) is kept.
+func (s *Source) install(from, next *state) bool {
+	for {
+		if s.swap(from, next) {
+			return true
+		}
+		cur := s.cur.Load()
+		if epochOf(cur) != epochOf(from) {
+			return false
+		}
+		if cur.rejected != "" && next.tok != nil && cur.rejected == next.tok.AccessToken {
+			c := *next
+			c.rejected, c.staleAt, c.expireAt = cur.rejected, time.Time{}, time.Time{}
+			next = &c
+		}
+		from = cur
+	}
+}
+
+// replace serves next whatever is served, as a new epoch: the session is
+// replaced.
+func (s *Source) replace(next *state) {
+	for {
+		cur := s.cur.Load()
+		next.epoch = epochOf(cur) + 1
+		if s.swap(cur, next) {
+			return
+		}
+	}
+}
+
+func epochOf(st *state) uint64 {
+	if st == nil {
+		return 0
+	}
+	return st.epoch
+}
+
+// saveCtx bounds one store write that must happen even while Close runs:
+// the write of a token the provider already issued.
+func (s *Source) saveCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), s.cfg.attemptTimeout)
 }
 
 // Put stores t, typically the token of a new login, and serves it from now
-// on. It clears any need to re-authenticate. If t cannot be saved, Put
-// returns an error matching ErrNotSaved and serves t from memory while
-// saving is retried.
+// on, replacing whatever session the store held. It clears any need to
+// re-authenticate, in every process sharing the store.
+//
+// If t cannot be saved within ctx and the lock timeout — the store fails,
+// or its lock is held elsewhere — Put returns an error matching ErrNotSaved,
+// serves t from memory and keeps trying to save it in the background.
 func (s *Source) Put(ctx context.Context, t *oauth2.Token) error {
+	if err := s.usable(); err != nil {
+		return err
+	}
 	if t == nil || (t.AccessToken == "" && t.RefreshToken == "") {
 		return errors.New("tokensource: Put needs a token with an access or refresh token")
+	}
+	if ctx == nil {
+		ctx = context.Background()
 	}
 	if !s.enter() {
 		return ErrClosed
 	}
 	defer s.wg.Done()
 	t = tokencodec.Clone(t)
-	if s.locker != nil {
-		unlock, err := s.lock(ctx)
-		if err != nil {
-			return err
-		}
-		defer unlock()
-	}
-	st := s.stateFor(t, s.cfg.now())
+	now := time.Now()
+	next := s.stateFor(t, lifetimeOf(t, now), now)
+	next.unsaved, next.overwrite = true, true
 	s.notBefore.Store(0)
-	if err := s.store.Save(ctx, s.key, t); err != nil {
-		st.unsaved = true
-		s.cur.Store(st)
+
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.lockTimeout)
+	defer cancel()
+	defer context.AfterFunc(s.stopped, cancel)() // Close saves it instead
+	if !s.takeTurn(pctx) {
+		s.replace(next)
+		s.keepSaving()
+		return fmt.Errorf("tokensource: put %q: another operation holds the session: %w: %w", s.key, ErrNotSaved, pctx.Err())
+	}
+	defer s.giveTurn()
+	s.replace(next)
+	if _, err := s.lock(pctx); err != nil {
 		s.keepSaving()
 		return fmt.Errorf("tokensource: put %q: %w: %w", s.key, ErrNotSaved, err)
 	}
-	s.cur.Store(st)
+	if _, err := s.flush(pctx); err != nil {
+		s.keepSaving()
+		return fmt.Errorf("tokensource: put %q: %w: %w", s.key, ErrNotSaved, err)
+	}
+	s.unlockUnlessPending()
 	return nil
 }
 
 // Invalidate reports that a server refused used (for example with HTTP 401).
 // If used is still the token being served, the next call refreshes instead
-// of serving it; if it was already replaced, Invalidate does nothing, so
-// many requests failing with the same token cause one refresh.
+// of serving it, and no refresh adopts it again; if it was already
+// replaced, Invalidate does nothing, so many requests failing with the same
+// token cause one refresh.
 func (s *Source) Invalidate(used *oauth2.Token) {
-	if used == nil {
+	if s == nil || used == nil || used.AccessToken == "" {
 		return
 	}
 	for {
 		st := s.cur.Load()
-		if st == nil || st.tok == nil || st.rejected || st.tok.AccessToken != used.AccessToken {
+		if st == nil || st.tok == nil || st.rejected != "" || st.tok.AccessToken != used.AccessToken {
 			return
 		}
 		next := *st
-		next.rejected = true
+		next.rejected = used.AccessToken
 		next.staleAt, next.expireAt = time.Time{}, time.Time{}
-		if s.cur.CompareAndSwap(st, &next) {
+		if s.swap(st, &next) {
 			return
 		}
 	}
 }
 
-// Revoke ends the session: it revokes the refresh token at the provider
-// (RFC 7009) when the Refresher is a Revoker, then deletes the stored token.
-// From then on the Source returns errors matching ErrReauthRequired until a
-// new login is Put.
-//
-// The local copy is deleted even when revocation at the provider fails; the
-// error then says so. With no revocation endpoint the error matches
-// ErrNoRevocationEndpoint: the provider still honours the refresh token.
-func (s *Source) Revoke(ctx context.Context) error {
-	if !s.enter() {
-		return ErrClosed
-	}
-	defer s.wg.Done()
-	if s.locker != nil {
-		unlock, err := s.lock(ctx)
-		if err != nil {
-			return err
-		}
-		defer unlock()
-	}
-	tok := s.latest(ctx)
-	var revokeErr error
-	if tok != nil {
-		if rv, ok := s.refresher.(Revoker); ok {
-			revokeErr = rv.Revoke(ctx, tok)
-		} else {
-			revokeErr = ErrNoRevocationEndpoint
-		}
-	}
-	dead := &state{err: &reauthError{msg: fmt.Sprintf("tokensource: session %q was revoked; log in again", s.key)}}
-	if tok != nil {
-		dead.deadRT = tok.RefreshToken
-	}
-	s.cur.Store(dead)
-	if err := s.store.Delete(ctx, s.key); err != nil {
-		return fmt.Errorf("tokensource: revoke %q: delete the stored token: %w", s.key, err)
-	}
-	if revokeErr != nil {
-		return &revokeError{key: s.key, err: revokeErr, secrets: secretsOf(tok)}
-	}
-	return nil
-}
-
-// revokeError reports a revocation the provider did not confirm.
-type revokeError struct {
-	key     string
-	err     error
-	secrets []string
-}
-
-func (e *revokeError) Error() string {
-	return fmt.Sprintf("tokensource: revoke %q at the provider (the stored token was deleted): %s",
-		e.key, describe(e.err, e.secrets))
-}
-
-func (e *revokeError) Unwrap() error { return e.err }
-
-// latest returns the newest token known: memory if the store is behind,
-// else the store, else memory.
-func (s *Source) latest(ctx context.Context) *oauth2.Token {
-	st := s.cur.Load()
-	if st != nil && st.unsaved {
-		return st.tok
-	}
-	if t, err := s.store.Load(ctx, s.key); err == nil {
-		return t
-	}
-	if st != nil {
-		return st.tok
-	}
-	return nil
-}
-
-// Close stops background work and waits for refreshes under way. If the
-// newest token was never saved, Close makes a last attempt and returns its
-// error. Afterwards every method returns ErrClosed.
-func (s *Source) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil
-	}
-	s.closed = true
-	s.mu.Unlock()
-	s.cancel()
-	s.wg.Wait()
-
-	var err error
-	if st := s.cur.Load(); st != nil && st.unsaved {
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.attemptTimeout)
-		if serr := s.store.Save(ctx, s.key, st.tok); serr != nil {
-			err = fmt.Errorf("tokensource: close %q: the newest token is lost: %w: %w", s.key, ErrNotSaved, serr)
-		}
-		cancel()
-	}
-	s.cur.Store(&state{err: ErrClosed})
-	return err
-}
-
-// lock takes the store's lock for s.key, waiting no longer than ctx and the
-// lock timeout allow.
-func (s *Source) lock(ctx context.Context) (func() error, error) {
-	lctx, cancel := context.WithTimeout(ctx, s.cfg.lockTimeout)
-	defer cancel()
-	unlock, err := s.locker.Lock(lctx, s.key)
-	if err != nil {
-		return nil, fmt.Errorf("tokensource: lock %q: %w", s.key, err)
-	}
-	return unlock, nil
-}
-
-// keepSaving retries saving an unsaved token in the background until it
-// succeeds, a newer token replaces it, or the Source closes.
-func (s *Source) keepSaving() {
-	if !s.saving.CompareAndSwap(false, true) {
-		return
-	}
-	if !s.enter() {
-		s.saving.Store(false)
-		return
-	}
-	go func() {
-		defer s.wg.Done()
-		defer s.saving.Store(false)
-		b := DefaultBackOff()
-		for {
-			t := time.NewTimer(b.NextBackOff())
-			select {
-			case <-s.ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			if !s.saveOnce() {
-				return
-			}
-		}
-	}()
-}
-
-// saveOnce saves the served token if it is unsaved, and reports whether it
-// still is.
-func (s *Source) saveOnce() (again bool) {
-	st := s.cur.Load()
-	if st == nil || !st.unsaved {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.attemptTimeout)
-	defer cancel()
-	if err := s.store.Save(ctx, s.key, st.tok); err != nil {
-		s.cfg.logger.LogAttrs(ctx, slog.LevelError, "tokensource: saving the newest token failed again",
-			slog.String("key", s.key), slog.String("error", err.Error()))
-		return true
-	}
-	next := *st
-	next.unsaved = false
-	return !s.cur.CompareAndSwap(st, &next)
-}
-
 // String describes the Source without any token.
-func (s *Source) String() string { return fmt.Sprintf("tokensource.Source{key: %q}", s.key) }
+func (s *Source) String() string {
+	if s == nil {
+		return "tokensource.Source(nil)"
+	}
+	return fmt.Sprintf("tokensource.Source{key: %q}", s.key)
+}
 
 // LogValue implements slog.LogValuer: only the key is logged.
-func (s *Source) LogValue() slog.Value { return slog.GroupValue(slog.String("key", s.key)) }
+func (s *Source) LogValue() slog.Value {
+	if s == nil {
+		return slog.StringValue("<nil>")
+	}
+	return slog.GroupValue(slog.String("key", s.key))
+}

@@ -11,9 +11,13 @@
 //
 // A token is a password for as long as it lives, so a Transport sends it to
 // trusted hosts only. Those are the entries of [Transport.Hosts], matched by
-// host and port, case-insensitively, a missing port standing for the
-// scheme's default; or, if Hosts is empty, the scheme and host of the first
-// request the Transport sees. Requests to any other host, and plain-http
+// host and port, a missing port standing for the scheme's default; or, if
+// Hosts is empty, the scheme and host of the first request the Transport
+// sees. Hosts are compared as net/http dials them: ASCII names
+// case-insensitively, other names by the ASCII form IDNA maps them to
+// (UTS #46), never by Unicode case folding, which takes "σς.example" and
+// "σσ.example", two different hosts, for one. A name with no IDNA form
+// gets no token. Requests to any other host, and plain-http
 // requests when the trusted origin is https (a downgrade), are still sent,
 // but without a token: the server answers them as it would an anonymous
 // request.
@@ -31,7 +35,8 @@
 // # Requests that carry their own credentials
 //
 // A request that already has an Authorization header, even an empty one,
-// is sent untouched: the Transport adds no token and does not act on a 401
+// and whatever the case of its name in the Header map ("authorization"
+// counts), is sent untouched: the Transport adds no token and does not act on a 401
 // answer. This lets one client mix calls that need other credentials. If it
 // is the first request of a Transport without Hosts, its origin is still
 // the one pinned.
@@ -60,6 +65,21 @@
 //
 // A 401 with another error, such as insufficient_scope, and any 403 mean
 // that no token of this session would do: they are returned as they are.
+//
+// # A server that refuses every token
+//
+// A server that answers 401 to every token, fresh ones included (a
+// misconfigured audience, a revoked client, a broken gateway), would
+// otherwise cost a refresh per request. So after a 401 answer has made the
+// Transport invalidate a token, 401 answers to requests sent with any other
+// token (the new one, typically) invalidate nothing for
+// [Transport.RecoveryInterval], 30 seconds by default: such a request is
+// sent again only if the Source already holds a newer token, and otherwise
+// its 401 answer is returned as it is. Refusals of the token last
+// invalidated still count, since they join the refresh under way. A
+// server that refuses every token thus costs at most one refresh per
+// interval and Transport. [WithRecoveryInterval] sets the interval for
+// [NewClient]; a negative interval turns the limit off.
 //
 // # Errors
 //

@@ -6,6 +6,9 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
 
 	"github.com/tokenkeep/tokenkeep/transport"
 )
@@ -38,6 +41,46 @@ func loopback(host string) bool {
 	return err == nil && ip.IsLoopback()
 }
 
+// dialled is host as net/http dials it: lower case, and in IDNA's ASCII
+// form if it is not ASCII. ok is false if it has no such form.
+func dialled(host string) (string, bool) {
+	for _, r := range host {
+		if r >= utf8.RuneSelf {
+			a, err := idna.Lookup.ToASCII(host)
+			return strings.ToLower(a), err == nil
+		}
+	}
+	return strings.ToLower(host), true
+}
+
+func canDial(host string) bool {
+	_, ok := dialled(host)
+	return ok
+}
+
+// entryHost is the host an entry of Transport.Hosts names, in the test's
+// own reading of the syntax: an optional "http://" or "https://", then
+// "host", "host:port", "[v6]", "[v6]:port" or a bare IPv6 address.
+func entryHost(entry string) string {
+	e := strings.TrimSpace(entry)
+	for _, p := range []string{"http://", "https://"} {
+		if len(e) >= len(p) && strings.EqualFold(e[:len(p)], p) {
+			e = e[len(p):]
+			break
+		}
+	}
+	e = strings.TrimSuffix(e, "/")
+	if rest, ok := strings.CutPrefix(e, "["); ok {
+		h, _, _ := strings.Cut(rest, "]")
+		return h
+	}
+	if strings.Count(e, ":") == 1 {
+		h, _, _ := strings.Cut(e, ":")
+		return h
+	}
+	return e
+}
+
 // effectivePort is u's port, or its scheme's default.
 func effectivePort(u *url.URL) string {
 	if p := u.Port(); p != "" {
@@ -52,9 +95,10 @@ func effectivePort(u *url.URL) string {
 // FuzzHostMatching sends a request to a fuzzed URL through a Transport whose
 // trusted hosts are set by a fuzzed Hosts entry, and through one pinned by a
 // fuzzed first request, and checks that the token never goes where it must
-// not: to a host the entry or the pin does not name, to another port, or
-// over plain http to a host that is not loopback without an explicit
-// "http://" entry. It also checks that nothing panics.
+// not: to a host that net/http would dial under another name than the one
+// the entry or the pin names, to another port, or over plain http to a host
+// that is not loopback without an explicit "http://" entry. It also checks
+// that nothing panics.
 func FuzzHostMatching(f *testing.F) {
 	for _, s := range [][3]string{
 		{"api.example.com", "https://api.example.com/v1", "https://API.Example.com./x"},
@@ -69,6 +113,9 @@ func FuzzHostMatching(f *testing.F) {
 		{"", "https:///first", "https:///second"},
 		{"EXAMPLE.com:", "https://example.com:/", "https://user:pass@example.com/"},
 		{"xn--bcher-kva.example", "https://bücher.example/", "https://xn--bcher-kva.example/"},
+		{"σσ.example", "https://σσ.example/", "https://σς.example/"},
+		{"ΣΣ.example:8443", "https://straße.example/", "https://strasse.example/"},
+		{"\u212aelvin.example", "https://σ_σ.example/", "https://kelvin.example/"},
 	} {
 		f.Add(s[0], s[1], s[2])
 	}
@@ -77,17 +124,18 @@ func FuzzHostMatching(f *testing.F) {
 		rec := &recorder{}
 		listed := &transport.Transport{Source: &fakeSource{sticky: true}, Base: rec, Hosts: []string{entry}}
 		if u, sent := sentToken(listed, rec, target); sent {
-			host := strings.ToLower(u.Hostname())
+			host, ok := dialled(u.Hostname())
+			want, wantOK := dialled(entryHost(entry))
 			e := strings.ToLower(strings.TrimSpace(entry))
 			plain := strings.EqualFold(u.Scheme, "http")
 			switch {
 			case !strings.EqualFold(u.Scheme, "https") && !plain:
 				t.Fatalf("token sent over scheme %q", u.Scheme)
-			case host == "" || !strings.Contains(e, host):
+			case host == "" || !ok || !wantOK || host != want:
 				t.Fatalf("token sent to %q, which entry %q does not name", u.Host, entry)
 			case u.Port() != "" && u.Port() != "80" && u.Port() != "443" && !strings.Contains(e, ":"+u.Port()):
 				t.Fatalf("token sent to port %s, which entry %q does not name", u.Port(), entry)
-			case plain && !loopback(u.Hostname()) && !strings.HasPrefix(e, "http://"):
+			case plain && !loopback(host) && !strings.HasPrefix(e, "http://"):
 				t.Fatalf("token sent over plain http to %q for entry %q", u.Host, entry)
 			}
 		}
@@ -100,20 +148,22 @@ func FuzzHostMatching(f *testing.F) {
 		if !sent {
 			return
 		}
-		if u.Hostname() == "" {
-			t.Fatalf("token sent to %q, which names no host", target)
+		host, ok := dialled(u.Hostname())
+		if host == "" || !ok {
+			t.Fatalf("token sent to %q, which names no host net/http can dial", target)
 		}
-		if pin == nil || pin.Hostname() == "" || !strings.EqualFold(pin.Scheme, "https") && !strings.EqualFold(pin.Scheme, "http") {
+		if pin == nil || pin.Hostname() == "" || !canDial(pin.Hostname()) ||
+			!strings.EqualFold(pin.Scheme, "https") && !strings.EqualFold(pin.Scheme, "http") {
 			// The first request could not carry a token and pinned
 			// nothing, so the target pinned its own origin.
 			pin = u
 		}
-		switch {
-		case !strings.EqualFold(u.Hostname(), pin.Hostname()):
+		switch pinned, _ := dialled(pin.Hostname()); {
+		case host != pinned:
 			t.Fatalf("token sent to %q; the pinned host is %q", u.Hostname(), pin.Hostname())
 		case effectivePort(u) != effectivePort(pin):
 			t.Fatalf("token sent to port %s; the pinned port is %s", effectivePort(u), effectivePort(pin))
-		case strings.EqualFold(u.Scheme, "http") && !loopback(u.Hostname()):
+		case strings.EqualFold(u.Scheme, "http") && !loopback(host):
 			t.Fatalf("token sent over plain http to %q", u.Host)
 		case strings.EqualFold(u.Scheme, "http") && !strings.EqualFold(pin.Scheme, "http"):
 			t.Fatalf("token sent over plain http to %q, pinned by %q", u.Host, pin.Scheme+"://"+pin.Host)

@@ -10,7 +10,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
+	"golang.org/x/net/idna"
 	"golang.org/x/oauth2"
 )
 
@@ -48,8 +50,10 @@ type Transport struct {
 	Base http.RoundTripper
 
 	// Hosts lists the hosts that may receive the token, as "host" or
-	// "host:port" ("[::1]:8080" for IPv6), matched case-insensitively;
-	// a missing port stands for the default port of the request's scheme.
+	// "host:port" ("[::1]:8080" for IPv6), matched as net/http dials them:
+	// case-insensitively, and a name that is not ASCII by its IDNA ASCII
+	// form ("bücher.example" is "xn--bcher-kva.example"); a missing port
+	// stands for the default port of the request's scheme.
 	// The token goes to them over https, and over plain http only when the
 	// host is a loopback address or the entry is written "http://host" or
 	// "http://host:port". An "https://" prefix is allowed and changes
@@ -60,9 +64,32 @@ type Transport struct {
 	// http or https, or names no host, gets no token and pins nothing.
 	Hosts []string
 
-	rules atomic.Pointer[[]hostRule] // Hosts, parsed on first use
-	pin   atomic.Pointer[origin]     // the first request's origin, when Hosts is empty
-	auth  atomic.Pointer[authHeader] // the header value of the token last sent
+	// RecoveryInterval is the least time between two refreshes that 401
+	// answers cause. Once a 401 answer has made the Transport invalidate a
+	// token, a 401 answer to a request sent with another token, such as
+	// the new one, invalidates nothing until RecoveryInterval has passed:
+	// the request is sent again only if the Source has a newer token
+	// anyway, and otherwise the 401 answer is returned as it is. So an
+	// endpoint that refuses every token costs one refresh per interval,
+	// not one per request. If zero, DefaultRecoveryInterval is used; if
+	// negative, every refusal invalidates the token it refused.
+	RecoveryInterval time.Duration
+
+	rules    atomic.Pointer[[]hostRule] // Hosts, parsed on first use
+	pin      atomic.Pointer[origin]     // the first request's origin, when Hosts is empty
+	auth     atomic.Pointer[authHeader] // the header value of the token last sent
+	recovery atomic.Pointer[recovery]   // the last token a 401 answer made the Transport invalidate
+}
+
+// DefaultRecoveryInterval is the least time between two refreshes caused
+// by 401 answers when Transport.RecoveryInterval is zero.
+const DefaultRecoveryInterval = 30 * time.Second
+
+// recovery is a token a 401 answer refused, and when the Transport
+// invalidated it.
+type recovery struct {
+	tok *oauth2.Token
+	at  time.Time
 }
 
 // RoundTrip implements [http.RoundTripper]. It sends req with a token if
@@ -75,6 +102,13 @@ type Transport struct {
 // wrapped, so that errors.Is sees through it and the *url.Error of
 // [http.Client.Do].
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	switch {
+	case req == nil:
+		return nil, errors.New("transport: nil Request")
+	case t == nil:
+		closeBody(req)
+		return nil, errors.New("transport: nil Transport")
+	}
 	base := t.base()
 	if req.URL == nil {
 		return base.RoundTrip(req) // which reports the error
@@ -83,7 +117,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// pins the origin, lest a redirect elsewhere become the first to
 	// receive the token.
 	trusted := t.trusted(req.URL.Scheme, req.URL.Hostname(), req.URL.Port())
-	if _, preset := req.Header["Authorization"]; preset || !trusted {
+	if !trusted || hasAuthorization(req.Header) {
 		return base.RoundTrip(req)
 	}
 	tok, err := t.token(req.Context())
@@ -98,11 +132,28 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return t.replay(req, resp, tok)
 }
 
+// hasAuthorization reports whether h holds an Authorization field under
+// any spelling of its name, empty or not: net/http sends a key as it is
+// spelt in the map, so a caller's "authorization" goes out beside ours.
+func hasAuthorization(h http.Header) bool {
+	if _, ok := h["Authorization"]; ok {
+		return true
+	}
+	for k := range h {
+		if len(k) == len("Authorization") && strings.EqualFold(k, "Authorization") {
+			return true
+		}
+	}
+	return false
+}
+
 // replay handles a 401 answer to req sent with used: it invalidates used
 // and, if req's body can be sent again, sends req once more with a new
 // token. Otherwise it returns resp as it is.
 func (t *Transport) replay(req *http.Request, resp *http.Response, used *oauth2.Token) (*http.Response, error) {
-	t.Source.Invalidate(used)
+	if t.mayInvalidate(used) {
+		t.Source.Invalidate(used)
+	}
 	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
 		return resp, nil
 	}
@@ -122,6 +173,33 @@ func (t *Transport) replay(req *http.Request, resp *http.Response, used *oauth2.
 	}
 	discard(resp)
 	return t.base().RoundTrip(t.authorized(req, body, tok))
+}
+
+// mayInvalidate reports whether a 401 answer to a request sent with used
+// may invalidate it, and notes it if so: always for the token last
+// invalidated (other requests refused at once join its refresh, which the
+// Source makes once), and for another token only once RecoveryInterval has
+// passed since then.
+func (t *Transport) mayInvalidate(used *oauth2.Token) bool {
+	interval := t.RecoveryInterval
+	switch {
+	case interval < 0:
+		return true
+	case interval == 0:
+		interval = DefaultRecoveryInterval
+	}
+	for {
+		last := t.recovery.Load()
+		switch {
+		case last != nil && last.tok == used:
+			return true
+		case last != nil && time.Since(last.at) < interval:
+			return false
+		}
+		if t.recovery.CompareAndSwap(last, &recovery{tok: used, at: time.Now()}) {
+			return true
+		}
+	}
 }
 
 // token returns a token from the Source, with errors ready to return.
@@ -236,15 +314,15 @@ func closeBody(req *http.Request) {
 	}
 }
 
-// origin is the scheme, lower-cased host and port (the scheme's default if
-// none was given) of a URL.
+// origin is the scheme, host in dialName's form and port (the scheme's
+// default if none was given) of a URL.
 type origin struct {
 	scheme, host, port string
 }
 
 // hostRule is one parsed entry of Transport.Hosts.
 type hostRule struct {
-	host      string // lower case, without brackets
+	host      string // in dialName's form, without brackets
 	port      string // empty for the default port of the request's scheme
 	plainHTTP bool   // the entry was written with "http://"
 }
@@ -270,17 +348,21 @@ func (t *Transport) trusted(scheme, host, port string) bool {
 			port = "443"
 		}
 	}
+	host, ok := dialName(host)
+	if !ok {
+		return false // net/http cannot dial it; and it must not become the pin
+	}
 	if len(t.Hosts) > 0 {
 		return t.listed(https, host, port)
 	}
 	p := t.pin.Load()
 	if p == nil {
-		p = &origin{scheme: strings.ToLower(scheme), host: strings.ToLower(host), port: port}
+		p = &origin{scheme: strings.ToLower(scheme), host: host, port: port}
 		if !t.pin.CompareAndSwap(nil, p) {
 			p = t.pin.Load()
 		}
 	}
-	if !strings.EqualFold(host, p.host) || port != p.port {
+	if host != p.host || port != p.port {
 		return false
 	}
 	if https {
@@ -289,11 +371,11 @@ func (t *Transport) trusted(scheme, host, port string) bool {
 	return p.scheme == "http" && isLoopback(host)
 }
 
-// listed reports whether host and port match an entry of Hosts that allows
-// the scheme.
+// listed reports whether host, in dialName's form, and port match an entry
+// of Hosts that allows the scheme.
 func (t *Transport) listed(https bool, host, port string) bool {
 	for _, r := range t.hostRules() {
-		if !strings.EqualFold(host, r.host) {
+		if host != r.host {
 			continue
 		}
 		if r.port != port && (r.port != "" || port != defaultPort(https)) {
@@ -360,8 +442,31 @@ func parseHost(s string) (hostRule, bool) {
 	if host == "" {
 		return r, false
 	}
-	r.host, r.port = strings.ToLower(host), port
+	host, ok := dialName(host)
+	if !ok {
+		return r, false
+	}
+	r.host, r.port = host, port
 	return r, true
+}
+
+// dialName returns host as net/http dials it, for comparing hosts: an
+// ASCII name in lower case, any other in the ASCII form that IDNA's lookup
+// mapping (UTS #46, as net/http applies it) gives it. Unicode case folding
+// will not do: it equates "σς" and "σσ", which IDNA maps to two different
+// names. ok is false for a name that has no such form, which net/http
+// cannot dial either.
+func dialName(host string) (name string, ok bool) {
+	for i := 0; i < len(host); i++ {
+		if host[i] >= utf8.RuneSelf {
+			a, err := idna.Lookup.ToASCII(host)
+			if err != nil {
+				return "", false
+			}
+			return strings.ToLower(a), true
+		}
+	}
+	return strings.ToLower(host), true // no copy when it is lower case already
 }
 
 // isLoopback reports whether host names this machine: "localhost", a name
@@ -376,9 +481,10 @@ func isLoopback(host string) bool {
 
 // clientConfig collects the Options of NewClient.
 type clientConfig struct {
-	base    http.RoundTripper
-	hosts   []string
-	timeout time.Duration
+	base     http.RoundTripper
+	hosts    []string
+	timeout  time.Duration
+	recovery time.Duration
 }
 
 // Option configures a client made by [NewClient].
@@ -404,6 +510,13 @@ func WithTimeout(d time.Duration) Option {
 	return func(c *clientConfig) { c.timeout = d }
 }
 
+// WithRecoveryInterval sets the least time between two refreshes that 401
+// answers cause, as [Transport.RecoveryInterval] does. The default is
+// DefaultRecoveryInterval; negative means no limit.
+func WithRecoveryInterval(d time.Duration) Option {
+	return func(c *clientConfig) { c.recovery = d }
+}
+
 // NewClient returns an http.Client whose requests carry tokens from src
 // through a [Transport]. Each request, redirects included, is limited to
 // 60 seconds unless WithTimeout says otherwise, and requests go through a
@@ -415,7 +528,9 @@ func WithTimeout(d time.Duration) Option {
 func NewClient(src TokenSource, opts ...Option) *http.Client {
 	c := clientConfig{timeout: 60 * time.Second}
 	for _, o := range opts {
-		o(&c)
+		if o != nil {
+			o(&c)
+		}
 	}
 	if c.base == nil {
 		c.base = http.DefaultTransport
@@ -424,7 +539,7 @@ func NewClient(src TokenSource, opts ...Option) *http.Client {
 		}
 	}
 	return &http.Client{
-		Transport: &Transport{Source: src, Base: c.base, Hosts: c.hosts},
+		Transport: &Transport{Source: src, Base: c.base, Hosts: c.hosts, RecoveryInterval: c.recovery},
 		Timeout:   c.timeout,
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -182,6 +183,14 @@ func TestTrustedHosts(t *testing.T) {
 			"http://localhost:9000/", "http://LOCALHOST:9001/", "http://[::1]:8080/", "https://[::2]/", "http://[::2]/",
 		}, []bool{true, false, true, true, false}},
 		{"other scheme", nil, []string{"ftp://api.example.com/"}, []bool{false}},
+		// Hosts are compared as they are dialled, in their IDNA ASCII
+		// form, not by Unicode case folding, which equates σ and ς.
+		{"pin final sigma", nil, []string{"https://σσ.example/", "https://σς.example/", "https://ΣΣ.example/"}, []bool{true, false, true}},
+		{"hosts final sigma", []string{"σσ.example"}, []string{"https://σς.example/", "https://ΣΣ.example/", "https://xn--4xaa.example/"}, []bool{false, true, true}},
+		{"pin sharp s", nil, []string{"https://straße.example/", "https://strasse.example/"}, []bool{true, false}},
+		{"hosts IDNA forms", []string{"BÜCHER.example"}, []string{"https://xn--bcher-kva.example/", "https://bücher.example/", "https://bucher.example/"}, []bool{true, true, false}},
+		{"pin ASCII, then its Unicode spelling", nil, []string{"https://xn--bcher-kva.example/", "https://Bücher.example/"}, []bool{true, true}},
+		{"pin host with no IDNA form", nil, []string{"https://σ_σ.example/", "https://σ_σ.example/", "https://a.example/"}, []bool{false, false, true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -587,45 +596,68 @@ func TestRequestUnchanged(t *testing.T) {
 	}
 }
 
-func TestPresetAuthorization(t *testing.T) {
-	for _, preset := range []string{"Basic dXNlcjpwYXNz", ""} {
-		t.Run(fmt.Sprintf("%q", preset), func(t *testing.T) {
-			first := unauthorized(invalidToken)
-			rec := &recorder{responses: []*http.Response{first}}
-			src := &fakeSource{}
-			tr := &transport.Transport{Source: src, Base: rec}
-			req, err := http.NewRequest(http.MethodGet, "https://api.example.com/", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			req.Header.Set("Authorization", preset)
-			resp, err := tr.RoundTrip(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if len(rec.reqs) != 1 || rec.reqs[0] != req || resp != first {
-				t.Errorf("got %d requests, want the caller's request sent once and its 401 returned", len(rec.reqs))
-			}
-			if src.calls.Load() != 0 || src.invalidated.Load() != 0 {
-				t.Errorf("source got %d token calls and %d invalidations, want none", src.calls.Load(), src.invalidated.Load())
-			}
+// authorizationFields counts the Authorization fields h would send: net/http
+// writes a key as it is spelt in the map.
+func authorizationFields(h http.Header) int {
+	n := 0
+	for k, vv := range h {
+		if strings.EqualFold(k, "Authorization") {
+			n += len(vv)
+		}
+	}
+	return n
+}
 
-			// The request pinned its origin: where a redirect might lead
-			// next, no token follows.
-			req, err = http.NewRequest(http.MethodGet, "https://elsewhere.example.com/", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp, err = tr.RoundTrip(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if got := rec.auth[len(rec.auth)-1]; got != "" {
-				t.Errorf("request to another host after the first got Authorization %q, want none", got)
-			}
-		})
+func TestPresetAuthorization(t *testing.T) {
+	for _, name := range []string{"Authorization", "authorization", "AUTHORIZATION"} {
+		for _, preset := range []string{"Basic dXNlcjpwYXNz", ""} {
+			t.Run(fmt.Sprintf("%s %q", name, preset), func(t *testing.T) {
+				testPresetAuthorization(t, name, preset)
+			})
+		}
+	}
+}
+
+// testPresetAuthorization sends a request whose header map holds name,
+// set to preset.
+func testPresetAuthorization(t *testing.T, name, preset string) {
+	first := unauthorized(invalidToken)
+	rec := &recorder{responses: []*http.Response{first}}
+	src := &fakeSource{}
+	tr := &transport.Transport{Source: src, Base: rec}
+	req, err := http.NewRequest(http.MethodGet, "https://api.example.com/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header[name] = []string{preset}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if len(rec.reqs) != 1 || rec.reqs[0] != req || resp != first {
+		t.Errorf("got %d requests, want the caller's request sent once and its 401 returned", len(rec.reqs))
+	}
+	if n := authorizationFields(rec.reqs[0].Header); n != 1 {
+		t.Errorf("the request went out with %d Authorization fields, want the caller's one", n)
+	}
+	if src.calls.Load() != 0 || src.invalidated.Load() != 0 {
+		t.Errorf("source got %d token calls and %d invalidations, want none", src.calls.Load(), src.invalidated.Load())
+	}
+
+	// The request pinned its origin: where a redirect might lead
+	// next, no token follows.
+	req, err = http.NewRequest(http.MethodGet, "https://elsewhere.example.com/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err = tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := rec.auth[len(rec.auth)-1]; got != "" {
+		t.Errorf("request to another host after the first got Authorization %q, want none", got)
 	}
 }
 
@@ -670,30 +702,46 @@ func TestReauthRequired(t *testing.T) {
 	}
 }
 
+// TestCancelDuringRefresh: a request whose token is refused while the token
+// endpoint takes 2 s returns when its 100 ms context ends, not when the
+// refresh does. It runs in a synctest bubble, so the times are exact.
 func TestCancelDuringRefresh(t *testing.T) {
 	t.Parallel()
-	srv := newServer(t)
-	src := newSource(t, srv, true)
-	client := transport.NewClient(src)
-	srv.SetLatency(authserver.EndpointToken, 2*time.Second)
-	srv.ExpireAccessTokens()
+	synctest.Test(t, func(t *testing.T) {
+		p := newMemProvider(time.Hour, 1)
+		p.tokenLatency = 2 * time.Second
+		r, err := tokensource.NewConfigRefresher(memConfig(), "", &http.Client{Transport: p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, err := tokensource.New(r, storage.NewMemory(), "key")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		if err := src.Put(context.Background(), p.Mint()); err != nil {
+			t.Fatal(err)
+		}
+		p.expireAccessTokens()
+		client := transport.NewClient(src, transport.WithBase(p))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.ResourceURL(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	resp, err := client.Do(req)
-	elapsed := time.Since(start)
-	if err == nil {
-		resp.Body.Close()
-		t.Fatalf("got status %d, want an error", resp.StatusCode)
-	}
-	if !errors.Is(err, context.DeadlineExceeded) || elapsed > time.Second {
-		t.Errorf("got %v after %v, want a deadline error within 1s", err, elapsed)
-	}
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, memResourceURL, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		resp, err := client.Do(req)
+		elapsed := time.Since(start)
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("got status %d, want an error", resp.StatusCode)
+		}
+		if !errors.Is(err, context.DeadlineExceeded) || elapsed != 100*time.Millisecond {
+			t.Errorf("got %v after %v, want a deadline error after 100ms", err, elapsed)
+		}
+	})
 }
 
 // closeCounter is a request body that counts Close calls.

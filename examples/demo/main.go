@@ -235,7 +235,7 @@ func (d *demo) storm(ctx context.Context) error {
 	// Wait out the latest token: a background refresh may have replaced the
 	// one the last call used.
 	for {
-		tok, err := d.store.Load(ctx, "demo-user")
+		tok, err := storage.LoadToken(ctx, d.store, "demo-user")
 		if err != nil {
 			return err
 		}

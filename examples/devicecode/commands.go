@@ -74,7 +74,7 @@ func isTerminal(w io.Writer) bool {
 // status describes the stored session without printing any token and
 // without calling the provider.
 func status(ctx context.Context, s *session, stdout, _ io.Writer) error {
-	tok, err := s.store.Load(ctx, s.entry())
+	tok, err := storage.LoadToken(ctx, s.store, s.entry())
 	if err != nil {
 		return err
 	}
@@ -187,7 +187,7 @@ func printToken(ctx context.Context, s *session, stdout, _ io.Writer) error {
 
 // logout revokes the session at the provider and deletes the local copy.
 func logout(ctx context.Context, s *session, stdout, stderr io.Writer) error {
-	if _, err := s.store.Load(ctx, s.entry()); errors.Is(err, storage.ErrNotFound) {
+	if _, err := storage.LoadToken(ctx, s.store, s.entry()); errors.Is(err, storage.ErrNotFound) {
 		fmt.Fprintln(stdout, "Not logged in; nothing to do.")
 		return nil
 	}

@@ -137,7 +137,7 @@ func (h *harness) stored() *storageToken {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	tok, err := f.Load(context.Background(), h.client[1])
+	tok, err := storage.LoadToken(context.Background(), f, h.client[1])
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -154,12 +154,12 @@ type storageToken struct {
 // expire marks the stored access token expired, so the next use refreshes.
 func (s *storageToken) expire(t *testing.T) {
 	ctx := context.Background()
-	tok, err := s.f.Load(ctx, s.entry)
+	tok, err := storage.LoadToken(ctx, s.f, s.entry)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tok.Expiry = time.Now().Add(-time.Minute)
-	if err := s.f.Save(ctx, s.entry, tok); err != nil {
+	if err := storage.SaveToken(ctx, s.f, s.entry, tok); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -199,7 +199,7 @@ func execute(ctx context.Context, o *options, stdout, stderr io.Writer, env func
 		return logout(ctx, src, store, o.clientID, stdout)
 	}
 	lg := &loginFlow{cfg: cfg, hc: hc, out: stdout, noBrowser: o.noBrowser, timeout: o.loginTimeout}
-	if _, err := store.Load(ctx, o.clientID); errors.Is(err, storage.ErrNotFound) {
+	if _, err := storage.LoadToken(ctx, store, o.clientID); errors.Is(err, storage.ErrNotFound) {
 		if err := lg.signIn(ctx, src); err != nil {
 			return err
 		}
@@ -260,7 +260,7 @@ func openStore(o *options, env func(string) string) (storage.Store, error) {
 
 // logout revokes the session at the provider and deletes it.
 func logout(ctx context.Context, src *tokensource.Source, store storage.Store, entry string, stdout io.Writer) error {
-	if _, err := store.Load(ctx, entry); errors.Is(err, storage.ErrNotFound) {
+	if _, err := storage.LoadToken(ctx, store, entry); errors.Is(err, storage.ErrNotFound) {
 		fmt.Fprintln(stdout, "Not signed in; nothing to do.")
 		return nil
 	}

@@ -148,7 +148,7 @@ func (h *harness) refreshToken() string {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	tok, err := f.Load(context.Background(), authserver.ClientID)
+	tok, err := storage.LoadToken(context.Background(), f, authserver.ClientID)
 	if err != nil {
 		h.t.Fatal(err)
 	}

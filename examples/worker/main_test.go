@@ -53,7 +53,7 @@ func newHarness(t *testing.T, cfg authserver.Config) *harness {
 		t.Fatal(err)
 	}
 	h.tok = srv.Mint("openid", "offline_access")
-	if err := store.Save(context.Background(), "alice", h.tok); err != nil {
+	if err := storage.SaveToken(context.Background(), store, "alice", h.tok); err != nil {
 		t.Fatal(err)
 	}
 	return h

@@ -25,7 +25,7 @@ type deviceGrant struct {
 
 // deviceCode starts a device authorization (RFC 8628 section 3.2).
 func (s *Server) deviceCode(w http.ResponseWriter, r *http.Request) {
-	client, ok := postFromClient(w, r)
+	client, ok := s.postFromClient(w, r)
 	if !ok {
 		return
 	}

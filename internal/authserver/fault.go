@@ -21,6 +21,11 @@ import (
 // this is how a test makes "the refresh reached the server but the client
 // never got the new token". Delay waits before either; a client that gives
 // up during the delay leaves the request unprocessed.
+//
+// AnswerAfter and Hold make an answer arrive after the client gave up: the
+// request is processed at once (a refresh token is rotated), then its
+// answer waits, whether or not the client is still there, before it is
+// sent as the other fields say.
 type Fault struct {
 	Status      int           // answer with this status
 	Body        string        // answer with this body (status 200 unless Status is set)
@@ -31,8 +36,35 @@ type Fault struct {
 
 	Mutate   func(resp map[string]any) // edit the normal JSON answer before it is sent
 	Truncate int                       // send only the first Truncate bytes of the normal answer, then close
-	SlowBody time.Duration             // send the normal answer one byte at a time over this long
+	SlowBody time.Duration             // send the headers, then the normal answer one byte at a time over this long
+
+	AnswerAfter time.Duration // process the request, then hold its answer this long
+	Hold        *Hold         // process the request, then hold its answer until Hold is released
 }
+
+// Hold holds a processed request's answer until the test releases it, and
+// tells the test when the request has been processed. Create it with
+// NewHold. Meant for one request: given to several (through SetFailRate),
+// Processed tells of the first, and Release lets them all go.
+type Hold struct {
+	processed     chan struct{}
+	release       chan struct{}
+	processedOnce sync.Once
+	releaseOnce   sync.Once
+}
+
+// NewHold returns a Hold that is not released.
+func NewHold() *Hold {
+	return &Hold{processed: make(chan struct{}), release: make(chan struct{})}
+}
+
+// Processed is closed once the request has been processed and its answer
+// is ready (for a replacing fault, once the answer is ready).
+func (h *Hold) Processed() <-chan struct{} { return h.processed }
+
+// Release lets the answer go. It may be called more than once, and before
+// the request arrives.
+func (h *Hold) Release() { h.releaseOnce.Do(func() { close(h.release) }) }
 
 func (f Fault) replaces() bool { return f.Status != 0 || f.Body != "" || f.Drop }
 
@@ -108,13 +140,45 @@ func (s *Server) wrap(endpoint string, h http.HandlerFunc) http.HandlerFunc {
 		}
 		s.stats.faultsInjected.Add(1)
 		if f.replaces() {
+			s.holdAnswer(f)
 			writeFault(w, f)
 			return
 		}
 		rec := httptest.NewRecorder()
 		h(rec, r)
-		spoil(w, rec, f)
+		s.holdAnswer(f)
+		s.spoil(w, r, rec, f)
 	}
+}
+
+// holdAnswer waits as f's AnswerAfter and Hold say, whether or not the
+// client is still there. If the server closes meanwhile, it drops the
+// connection without an answer.
+func (s *Server) holdAnswer(f Fault) {
+	if !s.waitToAnswer(f) {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+func (s *Server) waitToAnswer(f Fault) bool {
+	if f.Hold != nil {
+		f.Hold.processedOnce.Do(func() { close(f.Hold.processed) })
+		select {
+		case <-f.Hold.release:
+		case <-s.done:
+			return false
+		}
+	}
+	if f.AnswerAfter > 0 {
+		t := time.NewTimer(f.AnswerAfter)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.done:
+			return false
+		}
+	}
+	return true
 }
 
 // sleep waits d unless the request's context ends first.
@@ -169,7 +233,7 @@ func writeFault(w http.ResponseWriter, f Fault) {
 }
 
 // spoil sends a recorded normal answer, edited, cut short or slowed.
-func spoil(w http.ResponseWriter, rec *httptest.ResponseRecorder, f Fault) {
+func (s *Server) spoil(w http.ResponseWriter, r *http.Request, rec *httptest.ResponseRecorder, f Fault) {
 	body := rec.Body.Bytes()
 	if f.Mutate != nil {
 		var m map[string]any
@@ -194,6 +258,8 @@ func spoil(w http.ResponseWriter, rec *httptest.ResponseRecorder, f Fault) {
 	case f.SlowBody > 0 && len(body) > 0:
 		step := f.SlowBody / time.Duration(len(body))
 		fl, _ := w.(http.Flusher)
+		t := time.NewTimer(step)
+		defer t.Stop()
 		for i := range body {
 			if _, err := w.Write(body[i : i+1]); err != nil {
 				return
@@ -201,7 +267,14 @@ func spoil(w http.ResponseWriter, rec *httptest.ResponseRecorder, f Fault) {
 			if fl != nil {
 				fl.Flush()
 			}
-			time.Sleep(step)
+			t.Reset(step)
+			select {
+			case <-t.C:
+			case <-r.Context().Done(): // the client went away: the rest would go nowhere
+				return
+			case <-s.done:
+				return
+			}
 		}
 	default:
 		w.Write(bytes.Clone(body))
@@ -211,11 +284,13 @@ func spoil(w http.ResponseWriter, rec *httptest.ResponseRecorder, f Fault) {
 // Stats counts requests since the server started or ResetStats.
 type Stats struct {
 	TokenRequests           int64 // requests to the token endpoint, faulty ones included
-	RefreshGrants           int64 // refresh_token grants processed
+	RefreshGrants           int64 // refresh_token grants processed, refused ones included
+	RefreshesGranted        int64 // of RefreshGrants, those answered with new tokens
 	CodeGrants              int64
 	DeviceGrants            int64 // device_code polls processed
 	ClientCredentialsGrants int64
 	ReuseDetections         int64 // retired refresh tokens presented again
+	RevokeRequests          int64 // requests to the revocation endpoint, faulty and refused ones included
 	Revocations             int64 // revocation requests processed
 	ResourceRequests        int64 // requests to the resource and userinfo endpoints
 	ResourceUnauthorized    int64 // of which answered 401
@@ -223,15 +298,17 @@ type Stats struct {
 }
 
 type counters struct {
-	tokenRequests, refreshGrants, codeGrants, deviceGrants, clientCredentialsGrants atomic.Int64
-	reuseDetections, revocations, resourceRequests, resourceUnauthorized            atomic.Int64
-	faultsInjected                                                                  atomic.Int64
+	tokenRequests, refreshGrants, refreshesGranted, codeGrants, deviceGrants atomic.Int64
+	clientCredentialsGrants, reuseDetections, revokeRequests, revocations    atomic.Int64
+	resourceRequests, resourceUnauthorized, faultsInjected                   atomic.Int64
 }
 
 func (c *counters) count(endpoint string) {
 	switch endpoint {
 	case EndpointToken:
 		c.tokenRequests.Add(1)
+	case EndpointRevoke:
+		c.revokeRequests.Add(1)
 	case EndpointResource, EndpointUserinfo:
 		c.resourceRequests.Add(1)
 	}
@@ -243,10 +320,12 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		TokenRequests:           c.tokenRequests.Load(),
 		RefreshGrants:           c.refreshGrants.Load(),
+		RefreshesGranted:        c.refreshesGranted.Load(),
 		CodeGrants:              c.codeGrants.Load(),
 		DeviceGrants:            c.deviceGrants.Load(),
 		ClientCredentialsGrants: c.clientCredentialsGrants.Load(),
 		ReuseDetections:         c.reuseDetections.Load(),
+		RevokeRequests:          c.revokeRequests.Load(),
 		Revocations:             c.revocations.Load(),
 		ResourceRequests:        c.resourceRequests.Load(),
 		ResourceUnauthorized:    c.resourceUnauthorized.Load(),
@@ -256,11 +335,12 @@ func (s *Server) Stats() Stats {
 
 // ResetStats sets every counter to zero.
 func (s *Server) ResetStats() {
-	for _, c := range []*atomic.Int64{
-		&s.stats.tokenRequests, &s.stats.refreshGrants, &s.stats.codeGrants, &s.stats.deviceGrants,
-		&s.stats.clientCredentialsGrants, &s.stats.reuseDetections, &s.stats.revocations,
-		&s.stats.resourceRequests, &s.stats.resourceUnauthorized, &s.stats.faultsInjected,
+	c := &s.stats
+	for _, n := range []*atomic.Int64{
+		&c.tokenRequests, &c.refreshGrants, &c.refreshesGranted, &c.codeGrants, &c.deviceGrants,
+		&c.clientCredentialsGrants, &c.reuseDetections, &c.revokeRequests, &c.revocations,
+		&c.resourceRequests, &c.resourceUnauthorized, &c.faultsInjected,
 	} {
-		c.Store(0)
+		n.Store(0)
 	}
 }

@@ -584,10 +584,12 @@ func TestStats(t *testing.T) {
 	want := Stats{
 		TokenRequests:           7,
 		RefreshGrants:           2,
+		RefreshesGranted:        1,
 		CodeGrants:              1,
 		DeviceGrants:            1,
 		ClientCredentialsGrants: 1,
 		ReuseDetections:         1,
+		RevokeRequests:          1,
 		Revocations:             1,
 		ResourceRequests:        4,
 		ResourceUnauthorized:    2,

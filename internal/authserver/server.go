@@ -6,8 +6,10 @@
 // device authorization grant (RFC 8628), client credentials, the
 // refresh_token grant with optional rotation and reuse detection (a reused
 // refresh token revokes its whole family, as Okta and Auth0 do), and token
-// revocation (RFC 7009). Faults can be injected per request, and every
-// request is counted, so that tests can assert "exactly one refresh".
+// revocation (RFC 7009). Faults can be injected per request — refusals,
+// delays, dropped connections, spoiled or trickled answers, and answers
+// that arrive after the client gave up — and every request is counted, so
+// that tests can assert "exactly one refresh".
 //
 // Token values carry the prefixes "tkat_" (access) and "tkrt_" (refresh), so
 // that tests can search output for leaked secrets.
@@ -57,6 +59,12 @@ type Config struct {
 	// OmitRefreshTokenOnRefresh leaves refresh_token out of refresh answers
 	// when it is not rotated, as Google does.
 	OmitRefreshTokenOnRefresh bool
+	// RefuseBasicForPublic makes the public client's HTTP Basic
+	// authentication (its id and an empty secret) an error, 400
+	// invalid_request, at every endpoint, as a provider does for a client
+	// registered without a secret (token_endpoint_auth_method "none"): such
+	// a client must send its client_id in the body.
+	RefuseBasicForPublic bool
 
 	DeviceInterval     time.Duration // polling interval for the device flow; 0 means 5s
 	DeviceTTL          time.Duration // device code lifetime; 0 means 10 min
@@ -78,6 +86,9 @@ type Server struct {
 
 	faults faults
 	stats  counters
+
+	done      chan struct{} // closed by Close: held answers give up waiting
+	closeOnce sync.Once
 }
 
 // New starts a server on a loopback port. Close stops it.
@@ -107,6 +118,7 @@ func New(cfg Config) *Server {
 		users:   make(map[string]string),
 		refresh: make(map[string]*refreshToken),
 		access:  make(map[string]*accessToken),
+		done:    make(chan struct{}),
 	}
 	s.faults.init()
 	mux := http.NewServeMux()
@@ -125,8 +137,12 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// Close stops the server and closes its connections.
-func (s *Server) Close() { s.hs.Close() }
+// Close stops the server and closes its connections. Answers held by a
+// fault are dropped.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() { close(s.done) })
+	s.hs.Close()
+}
 
 // URL returns the server's base URL.
 func (s *Server) URL() string { return s.hs.URL }

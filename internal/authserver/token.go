@@ -45,7 +45,7 @@ type tokenError struct {
 
 // postFromClient checks what every endpoint of a client needs: a POST, a
 // form body and client authentication. It answers the error itself.
-func postFromClient(w http.ResponseWriter, r *http.Request) (client string, ok bool) {
+func (s *Server) postFromClient(w http.ResponseWriter, r *http.Request) (client string, ok bool) {
 	if r.Method != http.MethodPost {
 		http.Error(w, "POST only", http.StatusMethodNotAllowed)
 		return "", false
@@ -54,7 +54,7 @@ func postFromClient(w http.ResponseWriter, r *http.Request) (client string, ok b
 		writeError(w, &tokenError{http.StatusBadRequest, "invalid_request", "bad form body"})
 		return "", false
 	}
-	client, terr := authenticate(r)
+	client, terr := s.authenticate(r)
 	if terr != nil {
 		writeError(w, terr)
 		return "", false
@@ -63,7 +63,7 @@ func postFromClient(w http.ResponseWriter, r *http.Request) (client string, ok b
 }
 
 func (s *Server) token(w http.ResponseWriter, r *http.Request) {
-	client, ok := postFromClient(w, r)
+	client, ok := s.postFromClient(w, r)
 	if !ok {
 		return
 	}
@@ -98,11 +98,14 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 
 // authenticate identifies the client by HTTP Basic (RFC 6749 section 2.3.1,
 // form-encoded parts) or by client_id and client_secret in the body.
-func authenticate(r *http.Request) (string, *tokenError) {
+func (s *Server) authenticate(r *http.Request) (string, *tokenError) {
 	id, secret, basic := r.BasicAuth()
 	if basic {
 		id, _ = url.QueryUnescape(id)
 		secret, _ = url.QueryUnescape(secret)
+		if id == PublicClientID && s.cfg.RefuseBasicForPublic {
+			return "", &tokenError{http.StatusBadRequest, "invalid_request", "this client has no secret: send client_id in the body"}
+		}
 	} else {
 		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
 	}
@@ -164,6 +167,7 @@ func (s *Server) refreshGrant(client string, form url.Values) (map[string]any, *
 		}
 	}
 	body := s.issueLocked(rt.fam, scopes, s.cfg.Rotate)
+	s.stats.refreshesGranted.Add(1)
 	if s.cfg.Rotate {
 		rt.retired = true
 	} else if !s.cfg.OmitRefreshTokenOnRefresh {
@@ -234,8 +238,13 @@ func (s *Server) clientCredentialsGrant(client string, form url.Values) (map[str
 // client without the browser: an access token, a refresh token, and an ID
 // token when scopes include "openid".
 func (s *Server) Mint(scopes ...string) *oauth2.Token {
+	return s.MintFor(ClientID, scopes...)
+}
+
+// MintFor is Mint for client, ClientID or PublicClientID.
+func (s *Server) MintFor(client string, scopes ...string) *oauth2.Token {
 	s.mu.Lock()
-	fam := s.newFamilyLocked(ClientID, s.cfg.Subject, scopes)
+	fam := s.newFamilyLocked(client, s.cfg.Subject, scopes)
 	body := s.issueLocked(fam, scopes, true)
 	s.mu.Unlock()
 	return tokenFromBody(body, s.now())
@@ -302,7 +311,7 @@ func (s *Server) ExpireAccessTokens() {
 
 // revoke implements RFC 7009. Unknown tokens are not an error.
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
-	client, ok := postFromClient(w, r)
+	client, ok := s.postFromClient(w, r)
 	if !ok {
 		return
 	}

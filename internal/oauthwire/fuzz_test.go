@@ -19,6 +19,9 @@ func FuzzParse(f *testing.F) {
 		`access_token=a&expires_in=10`,
 		`<html></html>`,
 		`{"access_token":"a","expires_in":-1e400}`,
+		`{"refresh_token":"r","expires_in":"1h","token_type":7}`,
+		`{"access_token":"a","refresh_token":"r","expires_in":-60}`,
+		`refresh_token=r&expires_in=3600s`,
 	} {
 		f.Add(200, "application/json", []byte(s))
 		f.Add(400, "application/x-www-form-urlencoded", []byte(s))
@@ -36,7 +39,18 @@ func FuzzParse(f *testing.F) {
 			if tok == nil || tok.AccessToken == "" {
 				t.Fatal("success without an access token")
 			}
-		case errors.As(err, &re), errors.Is(err, ErrMalformed):
+			if tok.ExpiresIn < 0 || (tok.ExpiresIn == 0) != tok.Expiry.IsZero() {
+				t.Fatalf("success with expires_in %d, expiry %v", tok.ExpiresIn, tok.Expiry)
+			}
+		case errors.As(err, &re):
+			if tok != nil {
+				t.Fatal("a token with a refusal")
+			}
+		case errors.Is(err, ErrMalformed):
+			// Salvage: a token only for its refresh token, never to serve.
+			if tok != nil && (tok.RefreshToken == "" || !tok.Expiry.IsZero() || tok.ExpiresIn != 0 || status < 200 || status > 299) {
+				t.Fatalf("salvaged %+v from a %d answer", tok, status)
+			}
 		default:
 			t.Fatalf("unexpected error kind: %v", err)
 		}

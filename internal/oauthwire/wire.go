@@ -28,7 +28,8 @@ import (
 const MaxBody = 1 << 20
 
 // ErrMalformed is wrapped by errors about answers that are not a usable token
-// response: unparseable, truncated, too large, or without an access token.
+// response: unparseable, too large, without an access token, or with a field
+// of the wrong kind (an expires_in that is not a positive number of seconds).
 var ErrMalformed = errors.New("malformed token response")
 
 // ErrInsecureEndpoint is wrapped when an endpoint would send secrets over
@@ -66,13 +67,13 @@ func IsLoopback(host string) bool {
 }
 
 // Client calls a provider's endpoints for one OAuth client.
-// It is safe for concurrent use.
+// It is safe for concurrent use; its fields must not change after first
+// use.
 type Client struct {
 	ClientID     string
 	ClientSecret string
-	// AuthStyle says how the client authenticates. AuthStyleAutoDetect tries
-	// HTTP Basic first, then credentials in the body, and remembers what
-	// worked.
+	// AuthStyle says how the client authenticates. AuthStyleAutoDetect
+	// (the zero value) detects it: see [Client.Token].
 	AuthStyle oauth2.AuthStyle
 	// HTTP sends the requests. If nil, http.DefaultClient is used. Redirects
 	// are never followed: a token endpoint that redirects is an error.
@@ -81,66 +82,71 @@ type Client struct {
 	// time.Now is used.
 	Now func() time.Time
 
-	detected atomic.Int32 // the AuthStyle that worked, once auto-detected
+	tokenStyle  atomic.Int32 // the AuthStyle that worked at the token endpoint, once detected
+	revokeStyle atomic.Int32 // the AuthStyle that worked at the revocation endpoint, once detected
 }
 
 // Token posts form to tokenURL and parses the answer. Failures the provider
 // reports come back as *oauth2.RetrieveError, with Response set so that
 // callers can read the status and Retry-After.
+//
+// Token may return a token and an error together: a 2xx answer that
+// carries a refresh_token but whose other fields are unusable (no
+// access_token, an expires_in that is not a positive number of seconds, a
+// token_type that is not a string) yields a token holding that refresh
+// token and whatever else parsed cleanly — its access token possibly empty,
+// its Expiry zero — and an error wrapping ErrMalformed that says what was
+// wrong. Such a token must be kept for its refresh token and never served.
+//
+// A request that was written but whose answer was not read whole fails
+// with an error wrapping ErrInDoubt; see [WithSendTimeout] for how ctx
+// bounds each request.
+//
+// With AuthStyle unset, a client without a secret sends its client_id in
+// the body (a public client, RFC 6749 section 2.3.1), and a client with a
+// secret tries HTTP Basic. When the provider refuses the client with 400 or
+// 401 (invalid_client, or invalid_request from a provider that refuses the
+// style), the request is sent again the other way; a refused request was
+// not processed, so sending it again is safe. The style that the provider
+// accepted is tried first by later calls, at the token and the revocation
+// endpoint alike; should the provider refuse it some day, the other style
+// is tried again.
 func (c *Client) Token(ctx context.Context, tokenURL string, form url.Values) (*oauth2.Token, error) {
 	if err := CheckEndpoint(tokenURL); err != nil {
 		return nil, err
 	}
-	style := c.AuthStyle
-	if style == oauth2.AuthStyleAutoDetect {
-		if d := oauth2.AuthStyle(c.detected.Load()); d != oauth2.AuthStyleAutoDetect {
-			style = d
-		}
-	}
-	if style != oauth2.AuthStyleAutoDetect {
-		return c.token(ctx, tokenURL, form, style)
-	}
-	t, err := c.token(ctx, tokenURL, form, oauth2.AuthStyleInHeader)
-	if err == nil {
-		c.detected.Store(int32(oauth2.AuthStyleInHeader))
-		return t, nil
-	}
-	if !rejectsClient(err) {
-		return nil, err
-	}
-	t, err = c.token(ctx, tokenURL, form, oauth2.AuthStyleInParams)
-	if err == nil {
-		c.detected.Store(int32(oauth2.AuthStyleInParams))
-	}
+	var t *oauth2.Token
+	err := c.authenticate(&c.tokenStyle, &c.revokeStyle, func(style oauth2.AuthStyle) (int, error) {
+		var status int
+		var err error
+		t, status, err = c.token(ctx, tokenURL, form, style)
+		return status, err
+	})
 	return t, err
 }
 
-// rejectsClient reports whether err may mean the provider wants the client
-// credentials elsewhere.
-func rejectsClient(err error) bool {
-	var re *oauth2.RetrieveError
-	if !errors.As(err, &re) {
-		return false
+// token makes one token request and reports the answer's status, or 0 if
+// none was read.
+func (c *Client) token(ctx context.Context, tokenURL string, form url.Values, style oauth2.AuthStyle) (*oauth2.Token, int, error) {
+	resp, body, err := c.post(ctx, tokenURL, form, style)
+	if resp == nil {
+		return nil, 0, err
 	}
-	return re.ErrorCode == "invalid_client" || re.ErrorCode == "unauthorized_client" ||
-		(re.Response != nil && re.Response.StatusCode == http.StatusUnauthorized)
+	if err != nil && success(resp.StatusCode) {
+		return nil, 0, err // cut short: a token may have been issued
+	}
+	// A refusal whose body was cut short is still a refusal: its status
+	// (and Retry-After) say what the provider decided.
+	t, err := c.parse(resp, body)
+	return t, resp.StatusCode, err
 }
 
-func (c *Client) token(ctx context.Context, tokenURL string, form url.Values, style oauth2.AuthStyle) (*oauth2.Token, error) {
-	resp, err := c.post(ctx, tokenURL, form, style)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := readBody(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	return c.parse(resp, body)
-}
+func success(status int) bool { return status >= 200 && status <= 299 }
 
 // Revoke asks revokeURL to revoke token (RFC 7009). hint is
-// "refresh_token", "access_token" or empty.
+// "refresh_token", "access_token" or empty. With AuthStyle unset the client
+// authenticates as [Client.Token] describes, starting with the style that
+// worked at the token endpoint when there is one.
 func (c *Client) Revoke(ctx context.Context, revokeURL, token, hint string) error {
 	if err := CheckEndpoint(revokeURL); err != nil {
 		return err
@@ -149,44 +155,38 @@ func (c *Client) Revoke(ctx context.Context, revokeURL, token, hint string) erro
 	if hint != "" {
 		form.Set("token_type_hint", hint)
 	}
-	style := c.AuthStyle
-	if style == oauth2.AuthStyleAutoDetect {
-		style = oauth2.AuthStyle(c.detected.Load())
-		if style == oauth2.AuthStyleAutoDetect {
-			style = oauth2.AuthStyleInHeader
+	return c.authenticate(&c.revokeStyle, &c.tokenStyle, func(style oauth2.AuthStyle) (int, error) {
+		resp, body, err := c.post(ctx, revokeURL, form, style)
+		if resp == nil {
+			return 0, err
 		}
-	}
-	resp, err := c.post(ctx, revokeURL, form, style)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := readBody(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode == http.StatusOK {
-		return nil
-	}
-	re := &oauth2.RetrieveError{Response: resp, Body: body}
-	parseError(resp.Header.Get("Content-Type"), body, re)
-	return re
+		if resp.StatusCode == http.StatusOK {
+			return resp.StatusCode, nil // the body does not matter (RFC 7009 section 2.2)
+		}
+		re := &oauth2.RetrieveError{Response: resp, Body: body}
+		parseError(resp.Header.Get("Content-Type"), body, re)
+		return resp.StatusCode, re
+	})
 }
 
-func (c *Client) post(ctx context.Context, endpoint string, form url.Values, style oauth2.AuthStyle) (*http.Response, error) {
+// post sends form to endpoint, authenticating the client in style, and
+// reads the answer as [Client.exchange] does.
+func (c *Client) post(ctx context.Context, endpoint string, form url.Values, style oauth2.AuthStyle) (*http.Response, []byte, error) {
 	v := make(url.Values, len(form)+2)
 	for k, vs := range form {
 		v[k] = vs
 	}
 	if style == oauth2.AuthStyleInParams {
-		v.Set("client_id", c.ClientID)
+		if c.ClientID != "" {
+			v.Set("client_id", c.ClientID)
+		}
 		if c.ClientSecret != "" {
 			v.Set("client_secret", c.ClientSecret)
 		}
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(v.Encode()))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
@@ -194,7 +194,7 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values, sty
 		// RFC 6749 section 2.3.1: form-encode each part before Basic.
 		req.SetBasicAuth(url.QueryEscape(c.ClientID), url.QueryEscape(c.ClientSecret))
 	}
-	return c.httpClient().Do(req)
+	return c.exchange(ctx, req)
 }
 
 func (c *Client) httpClient() *http.Client {
@@ -207,10 +207,12 @@ func (c *Client) httpClient() *http.Client {
 	return &nc
 }
 
+// readBody reads an answer's body, up to MaxBody bytes. On a read error it
+// returns the part read.
 func readBody(r io.Reader) ([]byte, error) {
 	body, err := io.ReadAll(io.LimitReader(r, MaxBody+1))
 	if err != nil {
-		return nil, fmt.Errorf("read token response: %w", err)
+		return body, fmt.Errorf("read answer: %w", err)
 	}
 	if len(body) > MaxBody {
 		return nil, fmt.Errorf("%w: larger than %d bytes", ErrMalformed, MaxBody)
@@ -225,11 +227,12 @@ func (c *Client) now() time.Time {
 	return time.Now()
 }
 
-// parse turns an answer into a token or an error. Secrets in body are never
-// copied into an error message.
+// parse turns an answer into a token or an error, or both when a 2xx
+// answer is salvaged (see [Client.Token]). Secrets in body are never copied
+// into an error message.
 func (c *Client) parse(resp *http.Response, body []byte) (*oauth2.Token, error) {
 	ct := resp.Header.Get("Content-Type")
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+	if !success(resp.StatusCode) {
 		re := &oauth2.RetrieveError{Response: resp, Body: body}
 		parseError(ct, body, re)
 		return nil, re
@@ -248,32 +251,58 @@ func (c *Client) parse(resp *http.Response, body []byte) (*oauth2.Token, error) 
 	return c.tokenFrom(fields)
 }
 
+// tokenFrom reads a token response's fields one by one, so that a field
+// that is unusable spoils only itself. The result is (t, nil) when every
+// field is usable; (t, err) when the refresh token is but something else is
+// not, t holding the usable fields with a zero Expiry; (nil, err) when there
+// is no usable refresh token either.
 func (c *Client) tokenFrom(fields map[string]any) (*oauth2.Token, error) {
-	at, _ := fields["access_token"].(string)
-	if at == "" {
-		return nil, fmt.Errorf("%w: no access_token", ErrMalformed)
+	var problems []string
+	t := new(oauth2.Token)
+	switch v := fields["access_token"].(type) {
+	case string:
+		t.AccessToken = v
+	case nil:
+	default:
+		problems = append(problems, "access_token is not a string")
 	}
-	t := &oauth2.Token{AccessToken: at}
-	var ok bool
-	if v, present := fields["token_type"]; present {
-		if t.TokenType, ok = v.(string); !ok {
-			return nil, fmt.Errorf("%w: token_type is not a string", ErrMalformed)
-		}
+	if t.AccessToken == "" && len(problems) == 0 {
+		problems = append(problems, "no access_token")
 	}
-	if v, present := fields["refresh_token"]; present && v != nil {
-		if t.RefreshToken, ok = v.(string); !ok {
-			return nil, fmt.Errorf("%w: refresh_token is not a string", ErrMalformed)
-		}
+	switch v := fields["token_type"].(type) {
+	case string:
+		t.TokenType = v
+	case nil:
+	default:
+		problems = append(problems, "token_type is not a string")
+	}
+	switch v := fields["refresh_token"].(type) {
+	case string:
+		t.RefreshToken = v
+	case nil:
+	default:
+		problems = append(problems, "refresh_token is not a string")
 	}
 	secs, err := expiresIn(fields["expires_in"])
-	if err != nil {
-		return nil, err
-	}
-	if secs != 0 {
+	switch {
+	case err != nil:
+		problems = append(problems, err.Error())
+	case secs < 0:
+		problems = append(problems, "expires_in is negative")
+	case secs > 0:
 		t.ExpiresIn = secs
 		t.Expiry = c.now().Add(time.Duration(secs) * time.Second)
 	}
-	return t.WithExtra(fields), nil
+	t = t.WithExtra(fields)
+	if len(problems) == 0 {
+		return t, nil
+	}
+	err = fmt.Errorf("%w: %s", ErrMalformed, strings.Join(problems, "; "))
+	if t.RefreshToken == "" {
+		return nil, err
+	}
+	t.ExpiresIn, t.Expiry = 0, time.Time{}
+	return t, err
 }
 
 // expiresIn reads expires_in given as a JSON number, a float, or a string
@@ -287,18 +316,18 @@ func expiresIn(v any) (int64, error) {
 	case json.Number:
 		var err error
 		if f, err = x.Float64(); err != nil {
-			return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+			return 0, errors.New("expires_in is not a number")
 		}
 	case string:
 		var err error
 		if f, err = strconv.ParseFloat(strings.TrimSpace(x), 64); err != nil {
-			return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+			return 0, errors.New("expires_in is not a number")
 		}
 	default:
-		return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+		return 0, errors.New("expires_in is not a number")
 	}
-	if math.IsNaN(f) {
-		return 0, fmt.Errorf("%w: expires_in is not a number", ErrMalformed)
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, errors.New("expires_in is not a number")
 	}
 	return int64(math.Max(math.Min(f, math.MaxInt32), math.MinInt32)), nil
 }

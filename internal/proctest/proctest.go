@@ -13,9 +13,11 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -27,11 +29,22 @@ import (
 
 // Environment of a child process.
 const (
-	EnvMode     = "TOKENKEEP_PROC_MODE"      // one of the Mode constants
-	EnvTokenURL = "TOKENKEEP_PROC_TOKEN_URL" // the authorization server's token endpoint
-	EnvDir      = "TOKENKEEP_PROC_DIR"       // the shared store's directory
-	EnvKey      = "TOKENKEEP_PROC_KEY"       // the file store's key, for storage.KeyFromEnv
-	EnvChild    = "TOKENKEEP_PROC_CHILD"     // set in children; its value is unused
+	EnvMode      = "TOKENKEEP_PROC_MODE"       // one of the Mode constants
+	EnvTokenURL  = "TOKENKEEP_PROC_TOKEN_URL"  // the authorization server's token endpoint
+	EnvDir       = "TOKENKEEP_PROC_DIR"        // the shared store's directory
+	EnvKey       = "TOKENKEEP_PROC_KEY"        // the file store's key, for storage.KeyFromEnv
+	EnvChild     = "TOKENKEEP_PROC_CHILD"      // set in children; its value is unused
+	EnvOp        = "TOKENKEEP_PROC_OP"         // what a tokenkeep child does: one of the Op constants
+	EnvPut       = "TOKENKEEP_PROC_PUT"        // with OpPut: the login's token, as JSON
+	EnvRevokeURL = "TOKENKEEP_PROC_REVOKE_URL" // the server's revocation endpoint, for OpRevoke
+)
+
+// Operations a tokenkeep child performs once released.
+const (
+	OpToken  = ""       // ask for a token (the default)
+	OpRevoke = "revoke" // log out: Source.Revoke
+	OpPut    = "put"    // log in: Source.Put of the token in EnvPut
+	OpTerm   = "term"   // ask for a token, and on SIGTERM Close the Source and report
 )
 
 // Modes: how a child keeps its session.
@@ -49,9 +62,12 @@ const KeyringService = "tokenkeep-proctest"
 
 // Outcomes a child prints as the first word of its one line of output.
 const (
-	OK     = "ok"     // followed by the access token
-	Reauth = "reauth" // the session is gone: ErrReauthRequired
-	Failed = "error"  // followed by the error
+	OK      = "ok"      // followed by the access token
+	Reauth  = "reauth"  // the session is gone: ErrReauthRequired
+	Failed  = "error"   // followed by the error
+	Revoked = "revoked" // OpRevoke succeeded
+	Put     = "put"     // OpPut succeeded
+	Closed  = "closed"  // OpTerm: Close returned nil after SIGTERM
 )
 
 // Store opens the shared store of a tokenkeep mode.
@@ -81,15 +97,27 @@ func Config(tokenURL string) *oauth2.Config {
 // Main runs one child from its environment, writes its outcome line to w
 // and returns the exit status.
 func Main(w io.Writer) int {
+	if os.Getenv(EnvSim) != "" {
+		return runSim(os.Stdin, w)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	mode, dir, tokenURL := os.Getenv(EnvMode), os.Getenv(EnvDir), os.Getenv(EnvTokenURL)
 	io.Copy(io.Discard, os.Stdin) // the parent closes stdin to start all children at once
 	var tok *oauth2.Token
 	var err error
-	if mode == ModeXOAuth2 {
+	switch op := os.Getenv(EnvOp); {
+	case mode == ModeXOAuth2:
 		tok, err = plain(ctx, dir, tokenURL)
-	} else {
+	case op != OpToken:
+		out, err := operate(ctx, op, mode, dir, tokenURL)
+		if err != nil {
+			fmt.Fprintln(w, Failed, err)
+			return 1
+		}
+		fmt.Fprintln(w, out)
+		return 0
+	default:
 		tok, err = managed(ctx, mode, dir, tokenURL)
 	}
 	switch {
@@ -105,20 +133,65 @@ func Main(w io.Writer) int {
 }
 
 func managed(ctx context.Context, mode, dir, tokenURL string) (*oauth2.Token, error) {
-	st, err := Store(mode, dir)
-	if err != nil {
-		return nil, err
-	}
-	r, err := tokensource.NewConfigRefresher(Config(tokenURL), "", nil)
-	if err != nil {
-		return nil, err
-	}
-	src, err := tokensource.New(r, st, Entry, tokensource.WithLockTimeout(20*time.Second))
+	src, err := open(mode, dir, tokenURL)
 	if err != nil {
 		return nil, err
 	}
 	defer src.Close()
 	return src.TokenContext(ctx)
+}
+
+// open returns the child's Source on the shared store.
+func open(mode, dir, tokenURL string) (*tokensource.Source, error) {
+	st, err := Store(mode, dir)
+	if err != nil {
+		return nil, err
+	}
+	r, err := tokensource.NewConfigRefresher(Config(tokenURL), os.Getenv(EnvRevokeURL), nil)
+	if err != nil {
+		return nil, err
+	}
+	return tokensource.New(r, st, Entry, tokensource.WithLockTimeout(20*time.Second))
+}
+
+// operate performs an operation other than asking for a token and returns
+// the line to print.
+func operate(ctx context.Context, op, mode, dir, tokenURL string) (string, error) {
+	src, err := open(mode, dir, tokenURL)
+	if err != nil {
+		return "", err
+	}
+	defer src.Close()
+	switch op {
+	case OpRevoke:
+		if err := src.Revoke(ctx); err != nil {
+			return "", err
+		}
+		return Revoked, nil
+	case OpPut:
+		var t oauth2.Token
+		if err := json.Unmarshal([]byte(os.Getenv(EnvPut)), &t); err != nil {
+			return "", fmt.Errorf("proctest: the login to put: %w", err)
+		}
+		if err := src.Put(ctx, &t); err != nil {
+			return "", err
+		}
+		return Put, nil
+	case OpTerm:
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		go src.TokenContext(ctx)
+		select {
+		case <-term:
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+		if err := src.Close(); err != nil {
+			return "", err
+		}
+		return Closed, nil
+	}
+	return "", fmt.Errorf("proctest: unknown operation %q", op)
 }
 
 // PlainPath is where ModeXOAuth2 children keep the session, as the
@@ -167,7 +240,7 @@ func Prime(ctx context.Context, mode, dir string, tok *oauth2.Token) error {
 	if err != nil {
 		return err
 	}
-	return st.Save(ctx, Entry, tok)
+	return storage.SaveToken(ctx, st, Entry, tok)
 }
 
 // Expire makes the stored session's access token look expired to its
@@ -189,12 +262,16 @@ func Expire(ctx context.Context, mode, dir string) error {
 	if err != nil {
 		return err
 	}
-	t, err := st.Load(ctx, Entry)
+	r, err := st.Load(ctx, Entry)
 	if err != nil {
 		return err
 	}
-	t.Expiry = time.Now().Add(-time.Minute)
-	return st.Save(ctx, Entry, t)
+	if r.Token == nil {
+		return fmt.Errorf("proctest: the stored session ended (%s)", r.Reason)
+	}
+	r.Token.Expiry = time.Now().Add(-time.Minute)
+	r.Generation++
+	return st.Save(ctx, Entry, r)
 }
 
 // Child describes how to start a child: the executable, its arguments, and

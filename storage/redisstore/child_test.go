@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tokenkeep/tokenkeep/internal/authserver"
 	"github.com/tokenkeep/tokenkeep/internal/proctest"
 	"github.com/tokenkeep/tokenkeep/internal/syncbuf"
 	"github.com/tokenkeep/tokenkeep/storage"
@@ -23,7 +24,6 @@ import (
 
 // Environment of a child process.
 const (
-	envChild      = "REDISSTORE_TEST_CHILD"      // set in children
 	envAddr       = "REDISSTORE_TEST_ADDR"       // the redis-server's address
 	envKey        = "REDISSTORE_TEST_KEY"        // the store's key, for storage.KeyFromEnv
 	envPrefix     = "REDISSTORE_TEST_PREFIX"     // Options.Prefix
@@ -35,12 +35,14 @@ const (
 // entry is the name every child uses for the shared session.
 const entry = proctest.Entry
 
-// childMain is a child process: for every line on stdin it runs one round —
+// runChild is a child process: for every line on stdin it runs one round —
 // every goroutine opens its own Source over the process's Store and asks
 // for a token once — and prints one line: "ok <access token>" when all got
 // the same token, "reauth" when all were told to log in again, "error ..."
 // otherwise. It exits when stdin closes.
-func childMain(in io.Reader, out io.Writer) int {
+func init() { childMain = runChild }
+
+func runChild(in io.Reader, out io.Writer) int {
 	st, r, n, err := childSetup()
 	if err != nil {
 		fmt.Fprintln(out, proctest.Failed, err)
@@ -256,4 +258,73 @@ func (f *fleet) stop() {
 			<-c.done
 		}
 	}
+}
+
+// procServer behaves like Okta or Auth0 with rotation on.
+func procServer(t testing.TB) *authserver.Server {
+	srv := authserver.New(authserver.Config{Rotate: true, ReuseDetection: true})
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// newSession primes a session from srv in the shared redis-server and
+// returns what children need to share it, and a Store of the parent's on it.
+func newSession(t testing.TB, srv *authserver.Server, leaseTTL time.Duration) (session, *Store) {
+	t.Helper()
+	c := needRedis(t)
+	keyHex, key := newKeyHex(t)
+	s := session{addr: shared.addr, keyHex: keyHex, prefix: testPrefix(t), tokenURL: srv.Endpoint().TokenURL, leaseTTL: leaseTTL}
+	st, err := New(c, key, &Options{Prefix: s.prefix, LeaseTTL: leaseTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := storage.SaveToken(context.Background(), st, entry, srv.Mint("openid", "offline_access")); err != nil {
+		t.Fatal(err)
+	}
+	return s, st
+}
+
+// expire makes the stored session's access token look expired, keeping its
+// refresh token, as if its lifetime had passed.
+func expire(t testing.TB, st *Store) {
+	t.Helper()
+	ctx := context.Background()
+	r, err := st.Load(ctx, entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Token.Expiry = time.Now().Add(-time.Minute)
+	r.Generation++
+	if err := st.Save(ctx, entry, r); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// shareOneRefresh runs expiries rounds of procs children with goroutines
+// Sources each on an expired session, checks that each round made exactly
+// one refresh, no reuse detection and no failed call, and returns the
+// refresh grants per expiry.
+func shareOneRefresh(t testing.TB, procs, goroutines, expiries int, leaseTTL time.Duration) []int64 {
+	srv := procServer(t)
+	sess, st := newSession(t, srv, leaseTTL)
+	f := startFleet(t, sess, procs, goroutines)
+	var grants []int64
+	for round := range expiries {
+		expire(t, st)
+		before := srv.Stats()
+		lines := f.round()
+		after := srv.Stats()
+		got := after.RefreshGrants - before.RefreshGrants
+		grants = append(grants, got)
+		if got != 1 {
+			t.Fatalf("expiry %d: %d processes × %d goroutines made %d refreshes, want 1", round, procs, goroutines, got)
+		}
+		if after.ReuseDetections != 0 {
+			t.Fatalf("expiry %d: %d reuse detections", round, after.ReuseDetections)
+		}
+		if err := proctest.SameValidToken(srv, lines); err != nil {
+			t.Fatalf("expiry %d: %v", round, err)
+		}
+	}
+	return grants
 }

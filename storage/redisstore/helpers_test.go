@@ -4,14 +4,16 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"log/slog"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tokenkeep/tokenkeep/internal/authserver"
-	"github.com/tokenkeep/tokenkeep/internal/proctest"
 	"github.com/tokenkeep/tokenkeep/storage"
 )
 
@@ -54,72 +56,112 @@ func newStore(t testing.TB, c redis.UniversalClient, opts *Options) *Store {
 	return s
 }
 
-// procServer behaves like Okta or Auth0 with rotation on.
-func procServer(t testing.TB) *authserver.Server {
-	srv := authserver.New(authserver.Config{Rotate: true, ReuseDetection: true})
-	t.Cleanup(srv.Close)
-	return srv
-}
-
-// newSession primes a session from srv in the shared redis-server and
-// returns what children need to share it, and a Store of the parent's on it.
-func newSession(t testing.TB, srv *authserver.Server, leaseTTL time.Duration) (session, *Store) {
+// twin returns another Store with s's key and options over a client of its
+// own, as another process would have.
+func twin(t testing.TB, s *Store) *Store {
 	t.Helper()
-	c := needRedis(t)
-	keyHex, key := newKeyHex(t)
-	s := session{addr: shared.addr, keyHex: keyHex, prefix: testPrefix(t), tokenURL: srv.Endpoint().TokenURL, leaseTTL: leaseTTL}
-	st, err := New(c, key, &Options{Prefix: s.prefix, LeaseTTL: leaseTTL})
+	o := s.opt
+	st, err := New(newClient(t, shared.addr), s.key, &o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Save(context.Background(), entry, srv.Mint("openid", "offline_access")); err != nil {
-		t.Fatal(err)
-	}
-	return s, st
+	return st
 }
 
-// expire makes the stored session's access token look expired, keeping its
-// refresh token, as if its lifetime had passed.
-func expire(t testing.TB, st *Store) {
+// renewals counts the renewals of s that succeeded. Call it before s's
+// first Lock.
+func renewals(s *Store) *atomic.Int64 {
+	n := new(atomic.Int64)
+	s.onRenew = func(err error) {
+		if err == nil {
+			n.Add(1)
+		}
+	}
+	return n
+}
+
+// bound is how long a test waits for something that happens in real time
+// against a real redis-server: far more than it takes on a busy machine, so
+// that only a bug reaches it.
+const bound = 30 * time.Second
+
+// within waits for c to be closed or to deliver, up to bound.
+func within[T any](t testing.TB, c <-chan T, what string) T {
 	t.Helper()
+	select {
+	case v := <-c:
+		return v
+	case <-time.After(bound):
+		t.Fatalf("%s did not happen within %v", what, bound)
+		panic("unreachable")
+	}
+}
+
+// logSink is a slog.Handler that keeps every record's message and the
+// text of its attributes.
+type logSink struct {
+	mu    sync.Mutex // guards lines
+	lines []string
+}
+
+func (h *logSink) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logSink) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *logSink) WithGroup(string) slog.Handler            { return h }
+
+func (h *logSink) Handle(_ context.Context, r slog.Record) error {
+	line := r.Level.String() + " " + r.Message
+	r.Attrs(func(a slog.Attr) bool {
+		line += " " + a.String()
+		return true
+	})
+	h.mu.Lock()
+	h.lines = append(h.lines, line)
+	h.mu.Unlock()
+	return nil
+}
+
+// count returns how many records had message msg.
+func (h *logSink) count(msg string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, l := range h.lines {
+		if strings.HasPrefix(l, msg+" ") || strings.Contains(l, " "+msg+" ") || strings.HasSuffix(l, " "+msg) {
+			n++
+		}
+	}
+	return n
+}
+
+// text returns every line logged.
+func (h *logSink) text() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return strings.Join(h.lines, "\n")
+}
+
+// aclUser creates a Redis user with rules (as ACL SETUSER takes them, after
+// reset) and returns a client that logs in as that user. The user is
+// deleted when t ends.
+func aclUser(t testing.TB, admin *redis.Client, rules ...string) *redis.Client {
+	t.Helper()
+	b := make([]byte, 6)
+	rand.Read(b)
+	name, pw := "tokens-"+hex.EncodeToString(b), "pw-"+hex.EncodeToString(b)
+	args := []any{"ACL", "SETUSER", name, "reset", "on", ">" + pw}
+	for _, r := range rules {
+		for _, f := range strings.Fields(r) {
+			args = append(args, f)
+		}
+	}
 	ctx := context.Background()
-	tok, err := st.Load(ctx, entry)
-	if err != nil {
-		t.Fatal(err)
+	if err := admin.Do(ctx, args...).Err(); err != nil {
+		t.Fatalf("ACL SETUSER: %v", err)
 	}
-	tok.Expiry = time.Now().Add(-time.Minute)
-	if err := st.Save(ctx, entry, tok); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// shareOneRefresh runs expiries rounds of procs children with goroutines
-// Sources each on an expired session, checks that each round made exactly
-// one refresh, no reuse detection and no failed call, and returns the
-// refresh grants per expiry.
-func shareOneRefresh(t testing.TB, procs, goroutines, expiries int, leaseTTL time.Duration) []int64 {
-	srv := procServer(t)
-	sess, st := newSession(t, srv, leaseTTL)
-	f := startFleet(t, sess, procs, goroutines)
-	var grants []int64
-	for round := range expiries {
-		expire(t, st)
-		before := srv.Stats()
-		lines := f.round()
-		after := srv.Stats()
-		got := after.RefreshGrants - before.RefreshGrants
-		grants = append(grants, got)
-		if got != 1 {
-			t.Fatalf("expiry %d: %d processes × %d goroutines made %d refreshes, want 1", round, procs, goroutines, got)
-		}
-		if after.ReuseDetections != 0 {
-			t.Fatalf("expiry %d: %d reuse detections", round, after.ReuseDetections)
-		}
-		if err := proctest.SameValidToken(srv, lines); err != nil {
-			t.Fatalf("expiry %d: %v", round, err)
-		}
-	}
-	return grants
+	t.Cleanup(func() { admin.Do(ctx, "ACL", "DELUSER", name) })
+	c := redis.NewClient(&redis.Options{Addr: shared.addr, Username: name, Password: pw})
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }

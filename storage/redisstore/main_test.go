@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -15,6 +16,14 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// envChild is set in the environment of the child processes that the
+// multi-process tests start from this test binary.
+const envChild = "REDISSTORE_TEST_CHILD"
+
+// childMain runs a child process of the multi-process tests; nil when those
+// tests are not built (see child_test.go).
+var childMain func(in io.Reader, out io.Writer) int
+
 // shared is the redis-server TestMain starts for the package's tests, or nil
 // with noRedis saying why.
 var (
@@ -26,7 +35,7 @@ var (
 // a child process of the multi-process tests.
 func TestMain(m *testing.M) {
 	redis.SetLogger(quiet{}) // outages are the point of some tests; go-redis would log each failed dial
-	if os.Getenv(envChild) != "" {
+	if os.Getenv(envChild) != "" && childMain != nil {
 		os.Exit(childMain(os.Stdin, os.Stdout))
 	}
 	if _, err := exec.LookPath("redis-server"); err != nil {

@@ -55,10 +55,10 @@ func TestRedisRestart(t *testing.T) {
 	stale := srv.Mint("openid", "offline_access")
 	// Six seconds left: stale after 3.5 to 3.9 s, no longer served after 5.4 s.
 	stale.Expiry, stale.ExpiresIn = time.Now().Add(6*time.Second), 0
-	if err := st.Save(ctx, "fresh", fresh); err != nil {
+	if err := storage.SaveToken(ctx, st, "fresh", fresh); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Save(ctx, "stale", stale); err != nil {
+	if err := storage.SaveToken(ctx, st, "stale", stale); err != nil {
 		t.Fatal(err)
 	}
 	r, err := tokensource.NewConfigRefresher(proctest.Config(srv.Endpoint().TokenURL), "", nil)
@@ -94,7 +94,7 @@ func TestRedisRestart(t *testing.T) {
 		f    func() error
 	}{
 		{"load", func() error { _, err := st.Load(ctx, "fresh"); return err }},
-		{"save", func() error { return st.Save(ctx, "other", fresh) }},
+		{"save", func() error { return storage.SaveToken(ctx, st, "other", fresh) }},
 		{"delete", func() error { return st.Delete(ctx, "fresh") }},
 		{"lock", func() error { _, err := st.Lock(ctx, "fresh"); return err }},
 		{"new source", func() error { _, err := newSource("fresh").TokenContext(ctx); return err }},
@@ -132,7 +132,7 @@ func TestRedisRestart(t *testing.T) {
 	}
 	t.Logf("Redis was down for %v", time.Since(outage).Round(time.Millisecond))
 	for name, want := range map[string]*oauth2.Token{"fresh": fresh, "stale": stale} {
-		got, err := st.Load(ctx, name)
+		got, err := storage.LoadToken(ctx, st, name)
 		if err != nil {
 			t.Fatalf("%s after the restart: %v", name, err)
 		}
@@ -156,7 +156,7 @@ func TestRedisRestart(t *testing.T) {
 	if tok.AccessToken == stale.AccessToken || !srv.AccessTokenActive(tok.AccessToken) {
 		t.Fatal("the stale Source serves no new valid token after the restart")
 	}
-	saved, err := st.Load(ctx, "stale")
+	saved, err := storage.LoadToken(ctx, st, "stale")
 	if err != nil || saved.AccessToken != tok.AccessToken {
 		t.Fatalf("the refreshed token was not saved (%v)", err)
 	}

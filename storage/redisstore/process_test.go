@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -74,11 +75,13 @@ func TestSlowTokenEndpoint(t *testing.T) {
 			t.Fatal(err)
 		}
 		stores := make([]*Store, 3)
+		renews := make([]*atomic.Int64, len(stores))
 		ats := make([]string, len(stores))
 		var wg sync.WaitGroup
 		for i := range stores {
 			// One client and one Store each, as separate processes have.
-			stores[i] = &Store{c: newClient(t, shared.addr), key: st.key, opt: st.opt}
+			stores[i] = twin(t, st)
+			renews[i] = renewals(stores[i])
 			wg.Go(func() {
 				src, err := tokensource.New(r, stores[i], entry)
 				if err != nil {
@@ -95,9 +98,9 @@ func TestSlowTokenEndpoint(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		var renews int64
-		for i, s := range stores {
-			renews += s.renews.Load()
+		var renewed int64
+		for i := range stores {
+			renewed += renews[i].Load()
 			if ats[i] != ats[0] {
 				t.Fatalf("store %d's Source got another token than store 0's", i)
 			}
@@ -106,8 +109,8 @@ func TestSlowTokenEndpoint(t *testing.T) {
 		if s.RefreshGrants != 1 || s.ReuseDetections != 0 {
 			t.Fatalf("refresh grants %d, reuse detections %d; want 1 and 0", s.RefreshGrants, s.ReuseDetections)
 		}
-		if renews < 2 {
-			t.Fatalf("the lease was renewed %d times during a 1 s refresh with a %v lease; want at least 2", renews, ttl)
+		if renewed < 2 {
+			t.Fatalf("the lease was renewed %d times during a 1 s refresh with a %v lease; want at least 2", renewed, ttl)
 		}
 	})
 }
@@ -135,7 +138,7 @@ func TestProcessKilledMidRefresh(t *testing.T) {
 				t.Fatal(err)
 			}
 			victim.kill(0)
-			_, lk := st.keys(entry)
+			lk := st.keys(entry).lease
 			if n, err := st.c.Exists(context.Background(), lk).Result(); err != nil || n != 1 {
 				t.Fatalf("the dead holder's lease: exists %d, %v; want 1", n, err)
 			}

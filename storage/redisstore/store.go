@@ -6,12 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/oauth2"
 
 	"github.com/tokenkeep/tokenkeep/storage"
 )
@@ -24,24 +25,40 @@ const (
 	DefaultOpTimeout = 3 * time.Second       // Options.OpTimeout
 )
 
+// MaxNameLen is the longest entry name, in bytes, that Save accepts: the
+// name is kept, sealed, beside the record so that List can return it.
+const MaxNameLen = 4096
+
+// maxValue bounds the sealed record a load reads, as the storage format's
+// own limit (1 MiB) does for files. Redis measures a value before sending
+// it, so a larger one planted in Redis costs the reader no allocation.
+const maxValue = 1 << 20
+
+// maxSealedName bounds the sealed name List reads: a name of MaxNameLen
+// bytes, in base64, inside a sealed record with the largest key header.
+const maxSealedName = 8192
+
 // ErrLeaseLost is matched by the error of a Save or Delete made while this
-// process held the entry's lease, when Redis no longer holds that lease for
+// process held the entry's lock, when Redis no longer holds that lease for
 // it: the lease expired (the process stalled for longer than its TTL, or
 // renewals could not reach Redis) or was lost in a failover, and another
-// process may have taken it and refreshed the token since. The token in
-// Redis was left as it was: the caller's token is older than, or a rival
-// of, the one stored and must not overwrite it.
+// process may have taken it and refreshed the token since. Nothing was
+// written. It is also the cause (see context.Cause) of the held context
+// that [Store.LockLease] returns, once that context is done because the
+// lease is known lost.
 //
-// A later Save of the same token without the lease is refused the same
-// way, so that a retry cannot undo the fencing.
-var ErrLeaseLost = errors.New("redisstore: lease lost; the stored token was not replaced")
+// Release the lock after this error: while it is held, every Save of the
+// entry is fenced by the lost lease and fails the same way. A Save retried
+// after that is an ordinary conditional write, refused with an error
+// matching storage.ErrConflict if anyone wrote the entry since.
+var ErrLeaseLost = errors.New("redisstore: lease lost")
 
 // Options configure a [Store]. A nil *Options means all defaults.
 type Options struct {
-	// Prefix starts every key name the store uses. If empty, DefaultPrefix
-	// is used. Give each application (or each tenant sharing a Redis) its
-	// own prefix. A prefix with braces would become the Cluster hash tag and
-	// put every entry in one slot.
+	// Prefix starts every key and channel name the store uses. If empty,
+	// DefaultPrefix is used. Give each application (or each tenant sharing
+	// a Redis) its own prefix. A prefix with braces would become the
+	// Cluster hash tag and put every entry in one slot.
 	Prefix string
 
 	// LeaseTTL is how long a lock's lease lives in Redis without renewal:
@@ -61,28 +78,46 @@ type Options struct {
 	// A call that runs out of time fails with an error matching
 	// storage.ErrUnavailable. If zero, DefaultOpTimeout is used.
 	OpTimeout time.Duration
+
+	// Logger receives what nobody else would see: lease renewals that
+	// failed, and leases lost while held. If nil, nothing is logged.
+	Logger *slog.Logger
 }
 
-// Store is a storage.Store and storage.Locker that keeps each entry's
-// encrypted token in Redis and serialises refreshes with a fenced lease.
-// See the package documentation for the key layout and the guarantees.
+// Store is a storage.Store, storage.LeaseLocker and storage.Lister that
+// keeps each entry's sealed record in Redis, writes it conditionally, and
+// serialises refreshes with a fenced, renewed lease. It also implements
+// [GenerationWaiter]. See the package documentation for the key layout and
+// the guarantees.
 //
 // A Store is safe for concurrent use. Several Stores, in one process or in
 // many, may share one Redis.
 type Store struct {
 	c   redis.UniversalClient
 	key storage.Key
-	opt Options // defaults applied
+	opt Options      // defaults applied
+	log *slog.Logger // never nil
 
-	mu     sync.Mutex               // guards sems, held and lost
-	sems   map[string]chan struct{} // one-slot semaphore per entry, within this process
-	held   map[string]*lease        // the lease this process holds, per entry
-	lost   map[string][32]byte      // per entry, the fingerprint of a token refused by fencing
-	pause  atomic.Bool              // tests: skip renewals, as a stalled process would
-	renews atomic.Int64             // tests: successful renewals
+	mu   sync.Mutex               // guards sems and held
+	sems map[string]chan struct{} // one-slot semaphore per entry, within this process
+	held map[string]*lease        // the lease this process holds, per entry
+
+	watch watcher // the subscription WaitGeneration listens on
+
+	pause     atomic.Bool     // tests: skip renewals, as a stalled process would
+	onRenew   func(err error) // tests: called after every renewal attempt; set before the first Lock
+	onRelease func()          // tests: called when an abandoned lease attempt was undone
 }
 
-// New returns a Store that keeps tokens in the Redis that client reaches,
+// Static checks: what a Store implements.
+var (
+	_ storage.Store       = (*Store)(nil)
+	_ storage.LeaseLocker = (*Store)(nil)
+	_ storage.Lister      = (*Store)(nil)
+	_ GenerationWaiter    = (*Store)(nil)
+)
+
+// New returns a Store that keeps records in the Redis that client reaches,
 // sealed with key (typically from storage.KeyFromEnv or storage.RawKey;
 // every process sharing the entries needs the same key). client may be a
 // *redis.Client, a Sentinel-backed failover client or a *redis.ClusterClient;
@@ -125,19 +160,38 @@ func New(client redis.UniversalClient, key storage.Key, opts *Options) (*Store, 
 	case o.OpTimeout < 0:
 		return nil, fmt.Errorf("redisstore: negative OpTimeout %v", o.OpTimeout)
 	}
-	return &Store{c: client, key: key, opt: o}, nil
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Store{c: client, key: key, opt: o, log: log}, nil
 }
 
-// keys returns the names of the token and lease keys of entry name:
-// "<prefix>{<hash>}:token" and "<prefix>{<hash>}:lease".
-func (s *Store) keys(name string) (token, lease string) {
-	sum := sha256.Sum256([]byte(name))
-	base := s.opt.Prefix + "{" + hex.EncodeToString(sum[:hashBytes]) + "}:"
-	return base + "token", base + "lease"
+// entryKeys are the names of the keys and the channel of one entry, all in
+// the slot of its hash tag.
+type entryKeys struct {
+	hash    string // hex of the first hashBytes of SHA-256(name)
+	token   string // the sealed record
+	gen     string // its generation, in decimal, for the scripts to compare
+	name    string // the sealed entry name, for List
+	lease   string // the lock's owner token, with a TTL
+	channel string // every new generation is published here
 }
 
 // hashBytes is how much of the name's SHA-256 a key name carries.
 const hashBytes = 16
+
+// keys returns the names entry name uses: "<prefix>{<hash>}:token" and so
+// on.
+func (s *Store) keys(name string) entryKeys {
+	sum := sha256.Sum256([]byte(name))
+	h := hex.EncodeToString(sum[:hashBytes])
+	base := s.opt.Prefix + "{" + h + "}:"
+	return entryKeys{
+		hash: h, token: base + "token", gen: base + "gen", name: base + "name",
+		lease: base + "lease", channel: base + "gen",
+	}
+}
 
 // do runs one Redis call bounded by OpTimeout and ctx. go-redis honours a
 // context's deadline only when the client was built with
@@ -159,148 +213,265 @@ func (s *Store) do(ctx context.Context, f func(ctx context.Context) error) error
 	}
 }
 
-// Load implements storage.Store. A value that fails authentication — altered,
-// or copied from another entry's key — yields an error matching
-// storage.ErrCorrupt.
-func (s *Store) Load(ctx context.Context, name string) (*oauth2.Token, error) {
-	tk, _ := s.keys(name)
-	var b []byte
+// readEntry reads an entry's generation key and, if it is at most limit
+// bytes, its sealed record, in one step. A value over limit is measured,
+// not sent: the reply then holds its size alone. KEYS: token, gen. ARGV:
+// limit (-1 for the generation only). Reply: {gen or "", size or -1 when
+// there is no record, record}.
+var readEntry = redis.NewScript(`
+local g = redis.call('GET', KEYS[2]) or ''
+if redis.call('EXISTS', KEYS[1]) == 0 then
+	return {g, -1}
+end
+local n = redis.call('STRLEN', KEYS[1])
+if n > tonumber(ARGV[1]) then
+	return {g, n}
+end
+return {g, n, redis.call('GET', KEYS[1])}`)
+
+// stored is what readEntry found.
+type stored struct {
+	gen   string // the generation key, "" if absent
+	size  int64  // the record's size, -1 when there is none
+	value []byte // the record, nil when not read
+}
+
+// read runs readEntry for k.
+func (s *Store) read(ctx context.Context, op, name string, k entryKeys, limit int) (stored, error) {
+	var res []any
 	err := s.do(ctx, func(ctx context.Context) (err error) {
-		b, err = s.c.Get(ctx, tk).Bytes()
+		res, err = readEntry.Run(ctx, s.c, []string{k.token, k.gen}, limit).Slice()
 		return err
 	})
-	if errors.Is(err, redis.Nil) {
+	if err != nil {
+		return stored{}, classify(ctx, op, name, err)
+	}
+	var v stored
+	ok := len(res) >= 2
+	if ok {
+		v.gen, ok = res[0].(string)
+	}
+	if ok {
+		v.size, ok = res[1].(int64)
+	}
+	if ok && len(res) == 3 {
+		var b string
+		b, ok = res[2].(string)
+		v.value = []byte(b)
+	}
+	if !ok {
+		return stored{}, fmt.Errorf("redisstore: %s %q: unexpected reply from Redis", op, name)
+	}
+	return v, nil
+}
+
+// generation returns the generation v describes: the generation key's, 1
+// for a record written by a release without generation keys (format 1),
+// and 0 when there is nothing.
+func (v stored) generation() (uint64, error) {
+	switch {
+	case v.gen != "" && v.size < 0:
+		return 0, errors.New("generation key without a record")
+	case v.gen != "":
+		g, err := strconv.ParseUint(v.gen, 10, 64)
+		if err != nil || g == 0 || strconv.FormatUint(g, 10) != v.gen {
+			return 0, errors.New("generation key is not a positive decimal number")
+		}
+		return g, nil
+	case v.size >= 0:
+		return 1, nil
+	}
+	return 0, nil
+}
+
+// Load implements storage.Store. The record's generation, authenticated
+// inside the sealed value, must agree with the generation key the scripts
+// compare; a value that fails authentication — altered, or copied from
+// another entry's key —, a generation key that disagrees, or a value larger
+// than the storage format allows (1 MiB, measured in Redis before anything
+// is sent) yields an error matching storage.ErrCorrupt. A value written by
+// the previous release, a sealed token without a generation key, loads as
+// generation 1.
+func (s *Store) Load(ctx context.Context, name string) (*storage.Record, error) {
+	v, err := s.read(ctx, "load", name, s.keys(name), maxValue)
+	if err != nil {
+		return nil, err
+	}
+	if v.size < 0 && v.gen == "" {
 		return nil, fmt.Errorf("redisstore: load %q: %w", name, storage.ErrNotFound)
 	}
+	gen, err := v.generation()
 	if err != nil {
-		return nil, classify(ctx, "load", name, err)
+		return nil, fmt.Errorf("redisstore: load %q: %v: %w", name, err, storage.ErrCorrupt)
 	}
-	t, err := storage.Open(ctx, s.key, name, b)
+	if v.value == nil {
+		return nil, fmt.Errorf("redisstore: load %q: value of %d bytes is larger than the %d a record may have: %w",
+			name, v.size, maxValue, storage.ErrCorrupt)
+	}
+	r, err := storage.Open(ctx, s.key, name, v.value)
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: load %q: %w", name, err)
 	}
-	return t, nil
+	if r.Generation != gen {
+		return nil, fmt.Errorf("redisstore: load %q: generation key says %d, the sealed record %d: %w",
+			name, gen, r.Generation, storage.ErrCorrupt)
+	}
+	return r, nil
 }
 
-// fencedSet replaces the token only while the lease holds the caller's
-// owner token. KEYS: lease, token. ARGV: owner, sealed value.
-var fencedSet = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-	redis.call('SET', KEYS[2], ARGV[2])
-	return 1
-end
-return 0`)
+// generation returns the generation stored under name without reading the
+// record: 0 when there is no entry, 1 for a value written by the previous
+// release. Errors are Load's, less those of the record itself.
+func (s *Store) generation(ctx context.Context, name string) (uint64, error) {
+	v, err := s.read(ctx, "generation", name, s.keys(name), -1)
+	if err != nil {
+		return 0, err
+	}
+	gen, err := v.generation()
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: generation %q: %v: %w", name, err, storage.ErrCorrupt)
+	}
+	return gen, nil
+}
 
-// fencedDel deletes the token only while the lease holds the caller's owner
-// token. KEYS: lease, token. ARGV: owner.
-var fencedDel = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-	redis.call('DEL', KEYS[2])
-	return 1
+// writeEntry is Save's conditional write, fenced by the caller's lease when
+// it holds one: it writes the record, its generation and its sealed name
+// only if the lease (when an owner is given) is still the caller's and the
+// stored generation is the one the record was derived from, and publishes
+// the new generation. A record without a generation key (the previous
+// release's) counts as generation 1.
+//
+// KEYS: token, gen, name, lease. ARGV: owner ("" when the caller holds no
+// lease), derived-from generation, new generation, sealed record, sealed
+// name, channel. Reply: {1, new} written; {0, stored} lease lost; {-1,
+// stored} generation conflict.
+var writeEntry = redis.NewScript(`
+local lost = ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1]
+local cur = redis.call('GET', KEYS[2])
+if not cur then
+	cur = redis.call('EXISTS', KEYS[1]) == 1 and '1' or '0'
 end
-return 0`)
+if lost then
+	return {0, cur}
+end
+if cur ~= ARGV[2] then
+	return {-1, cur}
+end
+redis.call('SET', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[3])
+return {1, ARGV[3]}`)
 
-// Save implements storage.Store. The token is sealed before it leaves the
-// process. While this process holds name's lock, the write is fenced: it
+// Save implements storage.Store: it writes r only if the stored generation
+// is r.Generation-1 (0 for no entry, 1 for a value of the previous release,
+// which the write upgrades), and otherwise fails with an error matching
+// storage.ErrConflict and writes nothing. The record is sealed before it
+// leaves the process; a sealed record over 1 MiB, which no load would
+// accept, is refused. Comparison and write are one script in Redis.
+//
+// While this process holds name's lock, the write is also fenced: it
 // happens only if Redis still holds this process's lease, and otherwise
-// fails with an error matching [ErrLeaseLost]. Without the lock (a new
-// login, say) it is a plain write.
+// fails with an error matching [ErrLeaseLost] (and storage.ErrConflict too
+// if the generation moved). Without the lock (a new login, say) the
+// generation alone decides.
 //
 // An error matching storage.ErrUnavailable means the write was not
 // confirmed: it did not happen if Redis could not be reached, and may have
-// if Redis was reached but answered too late.
-func (s *Store) Save(ctx context.Context, name string, t *oauth2.Token) error {
-	if t == nil {
-		return fmt.Errorf("redisstore: save %q: refusing to save a nil token", name)
+// if Redis was reached but answered too late; a later Load says which.
+func (s *Store) Save(ctx context.Context, name string, r *storage.Record) error {
+	if err := r.Validate(); err != nil {
+		return fmt.Errorf("redisstore: save %q: refusing to save: %w", name, err)
 	}
-	b, err := storage.Seal(ctx, s.key, name, t)
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("redisstore: save %q: name is %d bytes, longer than %d", name[:32]+"...", len(name), MaxNameLen)
+	}
+	k := s.keys(name)
+	b, err := storage.Seal(ctx, s.key, name, r)
 	if err != nil {
 		return fmt.Errorf("redisstore: save %q: %w", name, err)
 	}
-	fp := fingerprint(t)
-	tk, lk := s.keys(name)
-	l := s.holding(name)
-	if l == nil && s.refused(name, fp) {
-		return fmt.Errorf("redisstore: save %q: %w", name, ErrLeaseLost)
+	if len(b) > maxValue {
+		return fmt.Errorf("redisstore: save %q: sealed record is %d bytes, more than the %d a load accepts", name, len(b), maxValue)
 	}
-	if l == nil {
-		err := s.do(ctx, func(ctx context.Context) error { return s.c.Set(ctx, tk, b, 0).Err() })
-		if err != nil {
-			return classify(ctx, "save", name, err)
-		}
-		s.forget(name)
-		return nil
+	nb, err := s.sealName(ctx, k, name)
+	if err != nil {
+		return fmt.Errorf("redisstore: save %q: %w", name, err)
 	}
-	var n int
+	var owner string
+	if l := s.holding(name); l != nil {
+		owner = l.owner
+	}
+	prev := strconv.FormatUint(r.Generation-1, 10)
+	var res []any
 	err = s.do(ctx, func(ctx context.Context) (err error) {
-		n, err = fencedSet.Run(ctx, s.c, []string{lk, tk}, l.owner, b).Int()
+		res, err = writeEntry.Run(ctx, s.c, []string{k.token, k.gen, k.name, k.lease},
+			owner, prev, strconv.FormatUint(r.Generation, 10), b, nb, k.channel).Slice()
 		return err
 	})
 	if err != nil {
 		return classify(ctx, "save", name, err)
 	}
-	if n == 0 {
-		s.refuse(name, fp)
-		return fmt.Errorf("redisstore: save %q: %w", name, ErrLeaseLost)
+	var code int64
+	var cur string
+	ok := len(res) == 2
+	if ok {
+		code, ok = res[0].(int64)
 	}
-	s.forget(name)
-	return nil
+	if ok {
+		cur, ok = res[1].(string)
+	}
+	switch {
+	case !ok:
+		return fmt.Errorf("redisstore: save %q: unexpected reply from Redis", name)
+	case code == 1:
+		return nil
+	case code == 0 && cur == prev:
+		return fmt.Errorf("redisstore: save %q: %w; nothing was written", name, ErrLeaseLost)
+	case code == 0:
+		return fmt.Errorf("redisstore: save %q: %w, and %w: stored generation %s, write derived from %s",
+			name, ErrLeaseLost, storage.ErrConflict, cur, prev)
+	default:
+		return fmt.Errorf("redisstore: save %q: %w: stored generation %s, write derived from %s",
+			name, storage.ErrConflict, cur, prev)
+	}
 }
 
-// Delete implements storage.Store. Like Save, it is fenced while this process
-// holds name's lock. Nothing is deleted when Redis cannot be reached; as for
+// deleteEntry purges an entry, fenced by the caller's lease when it holds
+// one, and publishes generation 0. KEYS: token, gen, name, lease. ARGV:
+// owner ("" when the caller holds no lease), channel. Reply: 1 deleted, 0
+// lease lost.
+var deleteEntry = redis.NewScript(`
+if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then
+	return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('PUBLISH', ARGV[2], '0')
+return 1`)
+
+// Delete implements storage.Store: it removes the entry for good, whatever
+// generation it holds. To end a session and keep it ended, Save an ended
+// record instead. Like Save, Delete is fenced while this process holds
+// name's lock. Nothing is deleted when Redis cannot be reached; as for
 // Save, an answer that came too late leaves the outcome unknown.
 func (s *Store) Delete(ctx context.Context, name string) error {
-	tk, lk := s.keys(name)
-	l := s.holding(name)
-	if l == nil {
-		if err := s.do(ctx, func(ctx context.Context) error { return s.c.Del(ctx, tk).Err() }); err != nil {
-			return classify(ctx, "delete", name, err)
-		}
-		return nil
+	k := s.keys(name)
+	var owner string
+	if l := s.holding(name); l != nil {
+		owner = l.owner
 	}
 	var n int
 	err := s.do(ctx, func(ctx context.Context) (err error) {
-		n, err = fencedDel.Run(ctx, s.c, []string{lk, tk}, l.owner).Int()
+		n, err = deleteEntry.Run(ctx, s.c, []string{k.token, k.gen, k.name, k.lease}, owner, k.channel).Int()
 		return err
 	})
 	if err != nil {
 		return classify(ctx, "delete", name, err)
 	}
 	if n == 0 {
-		return fmt.Errorf("redisstore: delete %q: %w", name, ErrLeaseLost)
+		return fmt.Errorf("redisstore: delete %q: %w; nothing was deleted", name, ErrLeaseLost)
 	}
 	return nil
-}
-
-// fingerprint identifies a token's secrets without keeping them.
-func fingerprint(t *oauth2.Token) [32]byte {
-	return sha256.Sum256([]byte(t.AccessToken + "\x00" + t.RefreshToken))
-}
-
-// refuse remembers that fencing refused the token with fingerprint fp.
-func (s *Store) refuse(name string, fp [32]byte) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.lost == nil {
-		s.lost = make(map[string][32]byte)
-	}
-	s.lost[name] = fp
-}
-
-// refused reports whether fencing refused the token with fingerprint fp.
-func (s *Store) refused(name string, fp [32]byte) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	got, ok := s.lost[name]
-	return ok && got == fp
-}
-
-// forget drops name's refused fingerprint once another token was saved.
-func (s *Store) forget(name string) {
-	s.mu.Lock()
-	delete(s.lost, name)
-	s.mu.Unlock()
 }
 
 // classify wraps a failed Redis call. Unreachable, timed-out, loading or

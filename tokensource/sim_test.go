@@ -1,0 +1,364 @@
+package tokensource_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tokenkeep/tokenkeep/internal/authserver"
+	"github.com/tokenkeep/tokenkeep/internal/proctest"
+	"github.com/tokenkeep/tokenkeep/storage"
+)
+
+// The fault-schedule simulation: M long-running processes share one file
+// store and one rotating provider with reuse detection, and a seeded
+// schedule drives them through tokens, Invalidate, Put, Revoke, Close,
+// SIGKILL, failing and slow stores, and provider faults. An oracle checks
+// DESIGN.md's invariants 1 to 4 as it goes:
+//
+//   - the stored generation never decreases;
+//   - after a Revoke was saved and before the next Put, no process is
+//     handed an access token it had not been handed before the Revoke;
+//   - every reuse detection is explained by a refresh the provider
+//     processed whose answer never arrived: a process killed, or an answer
+//     delayed past the client's deadline (an in-doubt request);
+//   - at the end, after a clean Close everywhere, a live stored session
+//     holds the newest refresh token the provider issued for it.
+//
+// Set TOKENKEEP_SIM_SEEDS (comma-separated) to run other seeds, and
+// TOKENKEEP_SIM_STEPS for longer schedules. A seed fixes the schedule; the
+// interleaving of real processes still varies from run to run.
+func TestSimulation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs real processes for a while")
+	}
+	seeds := []uint64{1, 2}
+	if v := os.Getenv("TOKENKEEP_SIM_SEEDS"); v != "" {
+		seeds = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 64)
+			if err != nil {
+				t.Fatalf("TOKENKEEP_SIM_SEEDS: %v", err)
+			}
+			seeds = append(seeds, n)
+		}
+	}
+	steps := 60
+	if v := os.Getenv("TOKENKEEP_SIM_STEPS"); v != "" {
+		steps, _ = strconv.Atoi(v)
+	}
+	var total simTotals
+	for _, seed := range seeds {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			tot := runSimulation(t, seed, 4, steps)
+			total.add(tot)
+			t.Logf("seed %d: %s", seed, tot)
+		})
+	}
+	t.Logf("all %d schedules: %s", len(seeds), total)
+}
+
+// simTotals counts what a schedule did.
+type simTotals struct {
+	schedules, processes, ops, faults, kills int
+	reuse, explained, violations             int
+	grants                                   int64
+}
+
+func (a *simTotals) add(b simTotals) {
+	a.schedules += b.schedules
+	a.processes += b.processes
+	a.ops += b.ops
+	a.faults += b.faults
+	a.kills += b.kills
+	a.reuse += b.reuse
+	a.explained += b.explained
+	a.violations += b.violations
+	a.grants += b.grants
+}
+
+func (a simTotals) String() string {
+	return fmt.Sprintf("%d schedules, %d processes, %d operations, %d faults injected, %d kills, %d refresh grants, %d reuse detections (at most %d explained by answers that never arrived), %d invariant violations",
+		a.schedules, a.processes, a.ops, a.faults, a.kills, a.grants, a.reuse, a.explained, a.violations)
+}
+
+// simProc is one simulation child, as the parent sees it.
+type simProc struct {
+	cmd     *exec.Cmd
+	in      io.WriteCloser
+	mu      sync.Mutex          // guards pending and exited
+	pending map[int]chan string // answers awaited, by command id
+	exited  bool                //
+	done    chan struct{}       // closed once the process has exited
+}
+
+func startSimProc(t *testing.T, env []string) *simProc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), append(env, proctest.EnvChild+"=1", proctest.EnvSim+"=1")...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &simProc{cmd: cmd, in: in, pending: make(map[int]chan string), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			id, answer, _ := strings.Cut(sc.Text(), " ")
+			n, _ := strconv.Atoi(id)
+			p.mu.Lock()
+			ch := p.pending[n]
+			delete(p.pending, n)
+			p.mu.Unlock()
+			if ch != nil {
+				ch <- answer
+			}
+		}
+		cmd.Wait()
+		p.mu.Lock()
+		p.exited = true
+		for n, ch := range p.pending {
+			ch <- "dead"
+			delete(p.pending, n)
+		}
+		p.mu.Unlock()
+	}()
+	return p
+}
+
+// send issues a command and returns the channel its answer arrives on.
+func (p *simProc) send(id int, op string) <-chan string {
+	ch := make(chan string, 1)
+	p.mu.Lock()
+	if p.exited {
+		p.mu.Unlock()
+		ch <- "dead"
+		return ch
+	}
+	p.pending[id] = ch
+	p.mu.Unlock()
+	if _, err := fmt.Fprintf(p.in, "%d %s\n", id, op); err != nil {
+		p.mu.Lock()
+		if c, ok := p.pending[id]; ok {
+			delete(p.pending, id)
+			c <- "dead"
+		}
+		p.mu.Unlock()
+	}
+	return ch
+}
+
+func (p *simProc) kill() { p.cmd.Process.Kill(); p.in.Close() }
+
+func (p *simProc) stop() { p.in.Close(); <-p.done }
+
+func runSimulation(t *testing.T, seed uint64, m, steps int) simTotals {
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	reproduce := fmt.Sprintf("reproduce with TOKENKEEP_SIM_SEEDS=%d go test -race -run 'TestSimulation' ./tokensource/", seed)
+	srv := authserver.New(authserver.Config{Rotate: true, ReuseDetection: true, AccessTTL: time.Second})
+	t.Cleanup(srv.Close)
+	child, st := ledgerEnv(t, srv)
+	ctx := context.Background()
+	tot := simTotals{schedules: 1}
+	procs := make([]*simProc, m)
+	for i := range procs {
+		procs[i] = startSimProc(t, child.Env)
+		tot.processes++
+	}
+	defer func() {
+		for _, p := range procs {
+			p.kill()
+		}
+	}()
+
+	var (
+		mu        sync.Mutex      // guards the oracle's state below
+		ended     bool            // a Revoke was saved, and no Put was sent since or is under way
+		epoch     int             // +1 whenever ended changes or a Put is sent
+		puts      int             // Puts under way, or answered ErrNotSaved and still being saved
+		unsaved   = map[int]int{} // per process, Puts answered ErrNotSaved: saved in the background, or by Close
+		answers   = map[string]int{}
+		examples  = map[string]string{} // an answer's detail, per kind of answer
+		lateFault int                   // answers delayed past the client's deadline
+		gen       uint64
+		failures  []string
+	)
+	violate := func(format string, args ...any) {
+		mu.Lock()
+		failures = append(failures, fmt.Sprintf(format, args...))
+		mu.Unlock()
+	}
+	nextID := 0
+	for step := range steps {
+		var wg sync.WaitGroup
+		for range 1 + rng.IntN(3) {
+			nextID++
+			id, pi := nextID, rng.IntN(m)
+			p := procs[pi]
+			var op string
+			switch r := rng.IntN(100); {
+			case r < 40:
+				op = "token"
+			case r < 48:
+				op = "invalidate"
+			case r < 54:
+				b, _ := json.Marshal(srv.Mint("openid", "offline_access"))
+				op = "put " + string(b)
+				mu.Lock()
+				ended, epoch, puts = false, epoch+1, puts+1
+				mu.Unlock()
+			case r < 59:
+				op = "revoke"
+			case r < 65:
+				op = "reopen"
+			case r < 70:
+				op = "failsaves " + []string{"on", "off"}[rng.IntN(2)]
+			case r < 75:
+				op = fmt.Sprintf("slow %d", []int{0, 0, 50, 400}[rng.IntN(4)])
+			case r < 80:
+				tot.kills++
+				p.kill()
+				mu.Lock()
+				puts -= unsaved[pi]
+				unsaved[pi] = 0
+				mu.Unlock()
+				procs[pi] = startSimProc(t, child.Env)
+				tot.processes++
+				continue
+			default:
+				tot.faults++
+				switch rng.IntN(5) {
+				case 0:
+					srv.Inject(authserver.EndpointToken, authserver.Fault{Status: 503})
+				case 1:
+					srv.Inject(authserver.EndpointToken, authserver.Fault{Status: 429, RetryAfter: "1"})
+				case 2:
+					srv.Inject(authserver.EndpointToken, authserver.Fault{Delay: 1500 * time.Millisecond})
+				case 3:
+					srv.Inject(authserver.EndpointToken, authserver.Fault{Drop: true})
+				case 4:
+					// Processed, answered after the client's refresh
+					// deadline: an in-doubt request.
+					srv.Inject(authserver.EndpointToken, authserver.Fault{SlowBody: 5 * time.Second})
+					mu.Lock()
+					lateFault++
+					mu.Unlock()
+				}
+				continue
+			}
+			tot.ops++
+			mu.Lock()
+			wasEnded, sentEpoch, putsAtSend := ended, epoch, puts
+			mu.Unlock()
+			ch := p.send(id, op)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				answer := <-ch
+				word, detail, _ := strings.Cut(answer, " ")
+				verb, _, _ := strings.Cut(op, " ")
+				mu.Lock()
+				defer mu.Unlock()
+				answers[verb+":"+word]++
+				if detail != "" && examples[verb+":"+word] == "" {
+					examples[verb+":"+word] = detail
+				}
+				switch {
+				case op == "token" && word == proctest.OK:
+					if wasEnded && ended && epoch == sentEpoch && srv.AccessTokenActive(detail) {
+						failures = append(failures, fmt.Sprintf("step %d: process %d was handed a live access token after a Revoke was saved, before any Put", step, pi))
+					}
+				case verb == "put" && word == "notsaved":
+					unsaved[pi]++
+				case verb == "put":
+					puts--
+				case verb == "reopen" && word == proctest.Closed, word == "dead":
+					puts -= unsaved[pi] // saved by Close, or gone with the process
+					unsaved[pi] = 0
+				case op == "revoke" && word == proctest.Revoked && puts == 0 && epoch == sentEpoch && putsAtSend == 0:
+					ended, epoch = true, epoch+1
+				case word == proctest.Failed:
+					if strings.Contains(detail, "unknown operation") || strings.Contains(detail, "the login to put") {
+						failures = append(failures, fmt.Sprintf("step %d: process %d: %s", step, pi, detail))
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		rec, err := st.Load(ctx, proctest.Entry)
+		if err != nil {
+			violate("step %d: the store cannot be read: %v", step, err)
+			continue
+		}
+		if rec.Generation < gen {
+			violate("step %d: the stored generation went from %d to %d", step, gen, rec.Generation)
+		}
+		gen = rec.Generation
+		mu.Lock()
+		if ended && puts == 0 && rec.State != storage.Ended {
+			failures = append(failures, fmt.Sprintf("step %d: the store holds a live session after a Revoke was saved, with no Put since", step))
+		}
+		mu.Unlock()
+	}
+
+	// Settle: no more faults, saves work, every process closes cleanly.
+	for _, p := range procs {
+		nextID++
+		<-p.send(nextID, "failsaves off")
+		nextID++
+		<-p.send(nextID, "slow 0")
+	}
+	for _, p := range procs {
+		nextID++
+		if a := <-p.send(nextID, "reopen"); strings.HasPrefix(a, "lost") {
+			violate("a clean Close lost a token: %s", a)
+		}
+		p.stop()
+	}
+	s := srv.Stats()
+	tot.grants, tot.reuse = s.RefreshGrants, int(s.ReuseDetections)
+	tot.explained = lateFault + tot.kills
+	if tot.reuse > tot.explained {
+		violate("%d reuse detections, but only %d answers can have gone missing (%d late answers, %d kills)", tot.reuse, tot.explained, lateFault, tot.kills)
+	}
+	if rec, err := st.Load(ctx, proctest.Entry); err == nil && rec.State == storage.Live && rec.Token.RefreshToken != "" {
+		if state := srv.RefreshState(rec.Token.RefreshToken); state == authserver.RefreshRetired {
+			violate("the stored refresh token was rotated away: a newer one the provider issued was lost")
+		}
+	}
+	tot.violations = len(failures)
+	t.Logf("answers: %v", answers)
+	if testing.Verbose() {
+		for k, v := range examples {
+			if !strings.HasPrefix(k, "token:ok") {
+				t.Logf("example %s: %s", k, v)
+			}
+		}
+	}
+	for _, f := range failures {
+		t.Error(f)
+	}
+	if len(failures) > 0 {
+		t.Log(reproduce)
+	}
+	return tot
+}
