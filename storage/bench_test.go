@@ -1,34 +1,59 @@
 package storage
 
-import "testing"
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+)
 
-// BenchmarkFileSave measures a durable save: encode, encrypt, write a
-// temporary file, fsync it, rename it, fsync the directory.
-func BenchmarkFileSave(b *testing.B) {
-	f := newFileStore(b, mustRaw(b, testKey()))
-	tok := sampleToken()
-	var gen uint64
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := f.Save(bg, "e", NewRecord(gen, tok)); err != nil {
-			b.Fatal(err)
-		}
-		gen++
-	}
-}
-
-// BenchmarkFileLoad measures a load: read, check owner and mode, decrypt,
-// decode. No fsync is involved.
-func BenchmarkFileLoad(b *testing.B) {
-	f := newFileStore(b, mustRaw(b, testKey()))
-	if err := SaveToken(bg, f, "e", sampleToken()); err != nil {
+// BenchmarkFileAtScale measures a durable save (encode, encrypt, read and
+// check the stored generation, write a temporary file, fsync it, rename
+// it, fsync the directory) and a load (check the directory, read, check
+// owner and mode, decrypt, decode) in directories holding 0, 10,000 and
+// 100,000 other entries. Both should cost the same at every size.
+//
+// The other entries are written once per run, with plain writes (no
+// fsync): their content does not matter, only their number.
+func BenchmarkFileAtScale(b *testing.B) {
+	filler, err := Seal(bg, mustRaw(b, testKey()), "filler", NewRecord(0, sampleToken()))
+	if err != nil {
 		b.Fatal(err)
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := f.Load(bg, "e"); err != nil {
+	for _, n := range []int{0, 10_000, 100_000} {
+		dir := filepath.Join(b.TempDir(), "s")
+		if err := os.Mkdir(dir, 0o700); err != nil {
 			b.Fatal(err)
 		}
+		for i := range n {
+			p := filepath.Join(dir, fmt.Sprintf("user%06d@example.com.tok", i))
+			if err := os.WriteFile(p, filler, 0o600); err != nil {
+				b.Fatal(err)
+			}
+		}
+		f, err := NewFile(dir, mustRaw(b, testKey()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		tok := sampleToken()
+		var gen uint64
+		b.Run(fmt.Sprintf("entries=%d/Save", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := f.Save(bg, "e", NewRecord(gen, tok)); err != nil {
+					b.Fatal(err)
+				}
+				gen++
+			}
+		})
+		b.Run(fmt.Sprintf("entries=%d/Load", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := f.Load(bg, "e"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

@@ -20,7 +20,13 @@ const procRounds = 40
 // writes the next generation procRounds times, printing each generation it
 // won and "conflict" for each write refused.
 func helperLedgerWriter(dir string) error {
-	f, err := NewFile(dir, mustRaw(nopTB{}, testKey()))
+	var f Store
+	var err error
+	if os.Getenv("STORE_KIND") == "keyring" {
+		f, err = NewKeyring("tokenkeep-test", &KeyringOptions{LockDir: dir})
+	} else {
+		f, err = NewFile(dir, mustRaw(nopTB{}, testKey()))
+	}
 	if err != nil {
 		return err
 	}
@@ -28,7 +34,7 @@ func helperLedgerWriter(dir string) error {
 	var seen uint64
 	for range procRounds {
 		var gen uint64
-		r, err := f.Load(bg, "e")
+		r, err := f.Load(bg, os.Getenv("STORE_ENTRY"))
 		switch {
 		case err == nil:
 			gen = r.Generation
@@ -40,7 +46,7 @@ func helperLedgerWriter(dir string) error {
 			return fmt.Errorf("read generation %d after %d", gen, seen)
 		}
 		seen = gen
-		err = f.Save(bg, "e", NewRecord(gen, sessionToken(int(gen)+1)))
+		err = f.Save(bg, os.Getenv("STORE_ENTRY"), NewRecord(gen, sessionToken(int(gen)+1)))
 		switch {
 		case err == nil:
 			fmt.Println(gen + 1)
@@ -87,46 +93,69 @@ func startTogether(t *testing.T, n int, name string, env ...string) []string {
 	return res
 }
 
-// TestFileLedgerAcrossProcesses races processes that each read the entry
-// and write the next generation: every generation is won by exactly one
-// process, and what each process reads only grows.
-func TestFileLedgerAcrossProcesses(t *testing.T) {
+// TestLedgerAcrossProcesses races processes that each read the entry and
+// write the next generation, through a file store or the real Secret
+// Service: every generation is won by exactly one process, and what each
+// process reads only grows.
+func TestLedgerAcrossProcesses(t *testing.T) {
 	const procs = 4
-	dir := t.TempDir()
-	outs := startTogether(t, procs, "ledgerwriter", "STORE_DIR="+dir)
-	won := map[uint64]int{}
-	conflicts := 0
-	for p, out := range outs {
-		sc := bufio.NewScanner(strings.NewReader(out))
-		for sc.Scan() {
-			if sc.Text() == "conflict" {
-				conflicts++
-				continue
+	for _, kind := range []string{"file", "keyring"} {
+		t.Run(kind, func(t *testing.T) {
+			dir := t.TempDir()
+			entry := "e"
+			var s Store
+			if kind == "keyring" {
+				needSecretService(t)
+				entry = t.Name()
+				k, err := NewKeyring("tokenkeep-test", &KeyringOptions{LockDir: dir})
+				if err != nil {
+					t.Fatal(err)
+				}
+				k.Delete(bg, entry)
+				t.Cleanup(func() { k.Delete(bg, entry) })
+				s = k
+			} else {
+				f, err := NewFile(dir, mustRaw(t, testKey()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				s = f
 			}
-			g, err := strconv.ParseUint(sc.Text(), 10, 64)
-			if err != nil {
-				t.Fatalf("helper %d printed %q", p, sc.Text())
+			outs := startTogether(t, procs, "ledgerwriter", "STORE_DIR="+dir, "STORE_KIND="+kind, "STORE_ENTRY="+entry)
+			won := map[uint64]int{}
+			conflicts := 0
+			for p, out := range outs {
+				sc := bufio.NewScanner(strings.NewReader(out))
+				for sc.Scan() {
+					if sc.Text() == "conflict" {
+						conflicts++
+						continue
+					}
+					g, err := strconv.ParseUint(sc.Text(), 10, 64)
+					if err != nil {
+						t.Fatalf("helper %d printed %q", p, sc.Text())
+					}
+					if prev, ok := won[g]; ok {
+						t.Fatalf("generation %d written by processes %d and %d", g, prev, p)
+					}
+					won[g] = p
+				}
 			}
-			if prev, ok := won[g]; ok {
-				t.Fatalf("generation %d written by processes %d and %d", g, prev, p)
+			if got := conflicts + len(won); got != procs*procRounds {
+				t.Fatalf("%d outcomes, want %d", got, procs*procRounds)
 			}
-			won[g] = p
-		}
+			final := mustLoad(t, s, entry, uint64(len(won)))
+			if final.Token.AccessToken != sessionToken(len(won)).AccessToken {
+				t.Fatal("the final record is not the last generation's")
+			}
+			for g := range uint64(len(won)) {
+				if _, ok := won[g+1]; !ok {
+					t.Fatalf("generation %d never written, yet %d were", g+1, len(won))
+				}
+			}
+			t.Logf("%d processes × %d writes: %d generations, each written once; %d stale writes refused", procs, procRounds, len(won), conflicts)
+		})
 	}
-	if got := conflicts + len(won); got != procs*procRounds {
-		t.Fatalf("%d outcomes, want %d", got, procs*procRounds)
-	}
-	f, _ := NewFile(dir, mustRaw(t, testKey()))
-	final := mustLoad(t, f, "e", uint64(len(won)))
-	if final.Token.AccessToken != sessionToken(len(won)).AccessToken {
-		t.Fatal("the final record is not the last generation's")
-	}
-	for g := range uint64(len(won)) {
-		if _, ok := won[g+1]; !ok {
-			t.Fatalf("generation %d never written, yet %d were", g+1, len(won))
-		}
-	}
-	t.Logf("%d processes × %d writes: %d generations, each written once; %d stale writes refused", procs, procRounds, len(won), conflicts)
 }
 
 // helperLockDelete takes the entry's lock procRounds times; inside, it
