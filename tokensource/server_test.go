@@ -172,18 +172,19 @@ func TestServerInvalidGrant(t *testing.T) {
 // strict server and checks the documented outcome. Faults that replace the
 // answer never reach the grant, so a retry succeeds. An answer whose grant
 // took effect but whose token cannot be served keeps its rotated refresh
-// token when it can be read (expires_in negative: salvaged, then
-// redeemed). Faults that spoil such an answer beyond reading (cut bodies,
-// no access_token, an answer still arriving when the attempt is given up)
-// lose the rotated refresh token in transit: the retry presents the old
-// one, the server sees reuse and ends the session, and the Source says to
-// log in again and keeps an ended record. It must not loop or corrupt the
-// store.
+// token when it can be read (a negative expires_in, no access_token:
+// salvaged, then redeemed). An answer that arrives after the attempt
+// timeout comes to a request that was sent: it is awaited, not abandoned.
+// Faults that spoil an answer beyond reading (a cut body) lose the rotated
+// refresh token in transit: the retry presents the old one, the server
+// sees reuse and ends the session, and the Source says to log in again and
+// keeps an ended record. It must not loop or corrupt the store.
 //
 // The outcomes depend on no machine's speed: attempts are given a minute,
-// except in the two rows that cut one short, where the fault lasts far
-// longer than the attempt timeout. How long a retry waits for Retry-After
-// is checked on fake time, in TestRetryAfterWaited.
+// except in the two rows whose answer comes after the attempt timeout,
+// where sending the request has a second and the answer takes three. How
+// long a retry waits for Retry-After is checked on fake time, in
+// TestRetryAfterWaited.
 func TestServerFaults(t *testing.T) {
 	const ok, reauth, fails = "ok", "reauth", "fails"
 	tests := []struct {
