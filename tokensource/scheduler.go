@@ -115,7 +115,7 @@ type keepAlive struct {
 // quarters of its idle lifetime have passed since it was issued — that is,
 // since the access token issued with it, whose lifetime tells when — by
 // making the token stale at that moment if it is not stale sooner. With a
-// [Scheduler] that happens without callers; with [WithEarlyRefresh](0) the
+// [Scheduler] that happens without callers; with WithEarlyRefresh(0) the
 // Scheduler then refreshes for keep-alive only, one request per idle
 // lifetime instead of one per access token. A token without an expiry, or
 // with no lifetime known, is not kept alive: when it was issued is unknown.

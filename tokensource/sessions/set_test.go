@@ -164,8 +164,8 @@ func TestSetIdleClose(t *testing.T) {
 		if got := set.List(); len(got) != 0 {
 			t.Errorf("open after 23 min: got %q, want none", got)
 		}
-		if got := runtime.NumGoroutine() - before; got != 0 {
-			t.Errorf("goroutines with no session open: %d more than before, want 0", got)
+		if extra := runtime.NumGoroutine() - before; extra > 0 {
+			t.Errorf("goroutines with no session open: %d more than before, want 0", extra)
 		}
 		if err := get(alice); err != nil {
 			t.Fatalf("alice's client after her session closed: %v", err)
@@ -308,8 +308,10 @@ func TestSetRefreshesWithoutCallers(t *testing.T) {
 			}
 		}
 		synctest.Wait()
-		if got := runtime.NumGoroutine() - before; got != 1 {
-			t.Errorf("goroutines for %d open sessions: %d more than before, want 1 (the scheduler's)", n, got)
+		// Counted process-wide, where goroutines of earlier tests may
+		// still be ending: only goroutines that appear count.
+		if extra := runtime.NumGoroutine() - before; extra > 1 {
+			t.Errorf("goroutines for %d open sessions: %d more than before, want at most 1 (the scheduler's)", n, extra)
 		}
 		time.Sleep(3 * time.Hour)
 		synctest.Wait()
