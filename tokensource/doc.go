@@ -111,6 +111,18 @@
 // running; if it returns later with a new refresh token, that token is
 // saved, provided the session has not moved on.
 //
+// # Many sessions
+//
+// A [Scheduler] shared through [WithScheduler] refreshes the tokens of many
+// Sources without any caller asking: one goroutine and one timer over a
+// heap of due times, jittered, respecting the provider's back-off, and
+// re-evaluated when the wall clock jumps (sleep, a paused VM). With
+// [WithKeepAlive], a refresh token with an idle lifetime is redeemed before
+// it dies unused. [Limits] shared through [WithLimits] cap the token
+// requests under way and rate them per provider; only a refresh about to
+// send waits on them, never a caller whose token is still valid. The
+// sessions package builds a set of per-user Sources on these.
+//
 // # Secrets
 //
 // No token value appears in an error, a log record or an [Event]. Errors
