@@ -250,15 +250,7 @@ func (f *File) load(ctx context.Context, key string) (*Record, error) {
 // entry. An entry that cannot be read has no known generation, and no
 // conditional write can follow it.
 func (f *File) generation(ctx context.Context, key string) (uint64, error) {
-	r, err := f.load(ctx, key)
-	switch {
-	case err == nil:
-		return r.Generation, nil
-	case errors.Is(err, ErrNotFound):
-		return 0, nil
-	default:
-		return 0, err
-	}
+	return generationOf(f.load(ctx, key))
 }
 
 // read returns the file's bytes after checking what it is and who owns it.

@@ -332,13 +332,8 @@ func (k *Keyring) Save(ctx context.Context, key string, r *Record) error {
 		return k.errorf(key, "save", err)
 	}
 	return k.locks.write(ctx, key, path, false, func() error {
-		var cur uint64
-		stored, err := k.Load(ctx, key)
-		switch {
-		case err == nil:
-			cur = stored.Generation
-		case errors.Is(err, ErrNotFound):
-		default:
+		cur, err := generationOf(k.Load(ctx, key))
+		if err != nil {
 			return err
 		}
 		if err := checkGeneration(cur, r); err != nil {

@@ -135,6 +135,18 @@ func (r Record) LogValue() slog.Value {
 	return slog.GroupValue(attrs...)
 }
 
+// generationOf returns the generation of what a Load returned: 0 when
+// nothing is stored, and Load's error when the entry cannot be read.
+func generationOf(r *Record, err error) (uint64, error) {
+	switch {
+	case err == nil:
+		return r.Generation, nil
+	case errors.Is(err, ErrNotFound):
+		return 0, nil
+	}
+	return 0, err
+}
+
 // checkGeneration returns the error a store gives when r may not follow the
 // stored generation cur.
 func checkGeneration(cur uint64, r *Record) error {
@@ -251,15 +263,11 @@ func SaveToken(ctx context.Context, s Store, key string, t *oauth2.Token) error 
 		return fmt.Errorf("storage: save %q: refusing to save a nil token", key)
 	}
 	for {
-		var gen uint64
-		r, err := s.Load(ctx, key)
+		gen, err := generationOf(s.Load(ctx, key))
 		switch {
-		case err == nil:
-			gen = r.Generation
-		case errors.Is(err, ErrNotFound):
 		case errors.Is(err, ErrCorrupt):
 			return fmt.Errorf("storage: save %q: the entry cannot be read, so it cannot be replaced in order; delete it first: %w", key, err)
-		default:
+		case err != nil:
 			return err
 		}
 		err = s.Save(ctx, key, NewRecord(gen, t))

@@ -3,7 +3,6 @@ package storage
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -149,13 +148,8 @@ func (a *tokenStore) Save(ctx context.Context, key string, r *Record) error {
 	extra[recordField] = meta
 	t = tokencodec.WithExtras(t, extra)
 	return a.locks.write(ctx, key, "", false, func() error {
-		var cur uint64
-		stored, err := a.Load(ctx, key)
-		switch {
-		case err == nil:
-			cur = stored.Generation
-		case errors.Is(err, ErrNotFound):
-		default:
+		cur, err := generationOf(a.Load(ctx, key))
+		if err != nil {
 			return err
 		}
 		if err := checkGeneration(cur, r); err != nil {
