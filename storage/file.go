@@ -14,8 +14,8 @@ import (
 	"time"
 )
 
-// File is a Store, Locker and Lister that keeps each entry in its own
-// encrypted file in one directory. See the package documentation for the
+// File is a Store, Locker, Lister and GenerationWaiter that keeps each
+// entry in its own encrypted file in one directory. See the package documentation for the
 // format and the guarantees.
 //
 // One file per entry, rather than one file for all: a write replaces one
@@ -251,6 +251,54 @@ func (f *File) load(ctx context.Context, key string) (*Record, error) {
 // conditional write can follow it.
 func (f *File) generation(ctx context.Context, key string) (uint64, error) {
 	return generationOf(f.load(ctx, key))
+}
+
+// WaitPoll is how often [File.WaitGeneration] looks at an entry's file.
+const WaitPoll = 5 * time.Millisecond
+
+// WaitGeneration implements GenerationWaiter. No portable notification
+// tells a process that another wrote a file, so it polls: every WaitPoll it
+// stats the entry's file, which costs one system call, and reads and
+// decrypts the entry only when the file changed. A save always changes it:
+// it renames a new file over the old one.
+func (f *File) WaitGeneration(ctx context.Context, key string, after uint64) (uint64, error) {
+	if err := f.checkDir(); err != nil {
+		return 0, f.errorf(key, "wait", err)
+	}
+	path := f.Path(key)
+	var last fs.FileInfo
+	t := time.NewTicker(WaitPoll)
+	defer t.Stop()
+	for first := true; ; first = false {
+		fi, err := os.Lstat(path)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return 0, f.errorf(key, "wait", err)
+		}
+		if first || !sameStamp(last, fi) {
+			last = fi
+			gen, err := f.generation(ctx, key)
+			if err != nil {
+				return 0, err
+			}
+			if gen != after {
+				return gen, nil
+			}
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return 0, f.errorf(key, "wait", ctx.Err())
+		}
+	}
+}
+
+// sameStamp reports whether a and b describe the same version of a file:
+// both missing, or the same file with the same size and modification time.
+func sameStamp(a, b fs.FileInfo) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
 }
 
 // read returns the file's bytes after checking what it is and who owns it.

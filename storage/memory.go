@@ -6,14 +6,15 @@ import (
 	"sync"
 )
 
-// Memory is a Store, Locker and Lister that keeps records in process
-// memory. Nothing survives the process; it suits tests, and services that
+// Memory is a Store, Locker, Lister and GenerationWaiter that keeps
+// records in process memory. Nothing survives the process; it suits tests, and services that
 // log in at start-up.
 //
 // The zero value is ready to use. A Memory is safe for concurrent use.
 type Memory struct {
-	mu      sync.Mutex         // guards records
+	mu      sync.Mutex         // guards records and changed
 	records map[string]*Record // private copies
+	changed chan struct{}      // closed, and replaced, by every write; nil until waited on
 	locks   lockSet            // in-process only: no lock files
 }
 
@@ -51,6 +52,7 @@ func (m *Memory) Save(ctx context.Context, key string, r *Record) error {
 		m.records = make(map[string]*Record)
 	}
 	m.records[key] = c
+	m.wake()
 	return nil
 }
 
@@ -58,8 +60,43 @@ func (m *Memory) Save(ctx context.Context, key string, r *Record) error {
 func (m *Memory) Delete(ctx context.Context, key string) error {
 	m.mu.Lock()
 	delete(m.records, key)
+	m.wake()
 	m.mu.Unlock()
 	return nil
+}
+
+// wake wakes every WaitGeneration call. The caller holds m.mu.
+func (m *Memory) wake() {
+	if m.changed != nil {
+		close(m.changed)
+		m.changed = nil
+	}
+}
+
+// WaitGeneration implements GenerationWaiter. Every write wakes every
+// waiting call, which reads its own entry again: waiting is meant for the
+// few sessions whose lock is taken, not for every session.
+func (m *Memory) WaitGeneration(ctx context.Context, key string, after uint64) (uint64, error) {
+	for {
+		m.mu.Lock()
+		var gen uint64
+		if r, ok := m.records[key]; ok {
+			gen = r.Generation
+		}
+		if m.changed == nil {
+			m.changed = make(chan struct{})
+		}
+		changed := m.changed
+		m.mu.Unlock()
+		if gen != after {
+			return gen, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return 0, fmt.Errorf("storage: wait for memory entry %q: %w", key, ctx.Err())
+		}
+	}
 }
 
 // List implements Lister.

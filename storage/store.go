@@ -62,6 +62,22 @@ type Lister interface {
 	List(ctx context.Context, yield func(key string) bool) error
 }
 
+// GenerationWaiter is implemented by stores that can tell a process
+// waiting for an entry's lock that the entry moved on, so that it adopts the
+// new record at once instead of queuing for the lock behind every other
+// waiter.
+//
+// WaitGeneration returns the generation stored under key as soon as it is
+// other than after: at once if it already is, otherwise when a write (or a
+// Delete, which makes it 0) changes it. It returns an error wrapping ctx's
+// when ctx ends first, and the store's errors for a failed read. A waiter
+// runs it beside its Lock call, with a context it cancels when either
+// returns. What it reports is a hint: the record is read again, with Load,
+// before anything is served from it.
+type GenerationWaiter interface {
+	WaitGeneration(ctx context.Context, key string, after uint64) (uint64, error)
+}
+
 // Errors that callers branch on with [errors.Is]. Stores wrap them with
 // detail (the entry, the backend) but never with secret values.
 var (
@@ -97,4 +113,10 @@ var (
 	// example its keyring entry was deleted). The tokens cannot be recovered:
 	// the user must log in again.
 	ErrKeyLost = errors.New("storage: encryption key lost")
+)
+
+// Static checks: what the package's stores implement.
+var (
+	_ GenerationWaiter = (*Memory)(nil)
+	_ GenerationWaiter = (*File)(nil)
 )

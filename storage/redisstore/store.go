@@ -87,7 +87,7 @@ type Options struct {
 // Store is a storage.Store, storage.LeaseLocker and storage.Lister that
 // keeps each entry's sealed record in Redis, writes it conditionally, and
 // serialises refreshes with a fenced, renewed lease. It also implements
-// [GenerationWaiter]. See the package documentation for the key layout and
+// [storage.GenerationWaiter]. See the package documentation for the key layout and
 // the guarantees.
 //
 // A Store is safe for concurrent use. Several Stores, in one process or in
@@ -111,10 +111,10 @@ type Store struct {
 
 // Static checks: what a Store implements.
 var (
-	_ storage.Store       = (*Store)(nil)
-	_ storage.LeaseLocker = (*Store)(nil)
-	_ storage.Lister      = (*Store)(nil)
-	_ GenerationWaiter    = (*Store)(nil)
+	_ storage.Store            = (*Store)(nil)
+	_ storage.LeaseLocker      = (*Store)(nil)
+	_ storage.Lister           = (*Store)(nil)
+	_ storage.GenerationWaiter = (*Store)(nil)
 )
 
 // New returns a Store that keeps records in the Redis that client reaches,

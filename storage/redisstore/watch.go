@@ -10,25 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// GenerationWaiter is implemented by stores that can tell a process waiting
-// for an entry's lock that the entry moved on, so that it loads and adopts
-// the new record at once instead of queuing for the lock behind every other
-// waiter. [Store] implements it.
-//
-// WaitGeneration returns the generation stored under name as soon as it is
-// other than after: at once if it already is, otherwise when a write (or a
-// purge, which makes it 0) changes it. It returns an error wrapping ctx's
-// when ctx ends first, and the store's errors for a failed read. A waiter
-// runs it beside its Lock call, with a context it cancels when either
-// returns: whichever comes first, the new generation or the lock.
-//
-// This interface is expected to move to package storage once a session
-// source uses it.
-type GenerationWaiter interface {
-	WaitGeneration(ctx context.Context, name string, after uint64) (uint64, error)
-}
-
-// WaitGeneration implements [GenerationWaiter]. Every Save publishes the new
+// WaitGeneration implements [storage.GenerationWaiter]. Every Save publishes the new
 // generation on the entry's channel, "<prefix>{<hash>}:gen", in the same
 // script that writes it; WaitGeneration subscribes to that channel, through
 // one connection per Store shared by all its waiting calls, before it reads
