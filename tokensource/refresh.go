@@ -45,11 +45,9 @@ type refresh struct {
 
 func (r *refresh) run() (*oauth2.Token, error) {
 	s := r.s
-	lease, err := s.lock(r.soft)
-	if err != nil {
-		return nil, r.fail(s.closedOr(err), nil)
+	if t, err, done := r.lockOrAdopt(); done {
+		return t, err
 	}
-	r.lease = lease
 	st := s.cur.Load()
 	if st != nil && st.unsaved {
 		next, err := s.flush(r.soft)
@@ -80,6 +78,53 @@ func (r *refresh) run() (*oauth2.Token, error) {
 		}
 	}
 	return r.redeemFrom(rec.Token, rec.Generation, s.stateOf(rec, epochOf(st), time.Now()))
+}
+
+// lockOrAdopt takes the store's lock for the run. While it waits, a record
+// that another process saves meanwhile is adopted without the lock if it
+// can be served as it is, and then done is true. A pending save waits for
+// the lock whatever is stored: memory is newer than the store.
+func (r *refresh) lockOrAdopt() (t *oauth2.Token, err error, done bool) {
+	s := r.s
+	after := s.seen.Load()
+	for {
+		pending := false
+		if st := s.cur.Load(); st != nil && st.unsaved {
+			pending = true
+		}
+		var lease context.Context
+		var moved bool
+		if pending {
+			lease, err = s.lock(r.soft)
+		} else {
+			lease, moved, err = s.lockOrMoved(r.soft, after)
+		}
+		if err != nil {
+			return nil, r.fail(s.closedOr(err), nil), true
+		}
+		if !moved {
+			r.lease = lease
+			return nil, nil, false
+		}
+		rec, err := s.load(r.soft)
+		switch {
+		case err != nil:
+			return nil, r.fail(err, nil), true
+		case rec == nil && s.seen.Load() > 0:
+			return nil, r.adoptEnded(nil), true // purged
+		case rec == nil:
+			after = 0
+		case rec.State == storage.Ended:
+			return nil, r.adoptEnded(rec), true
+		case r.usable(rec):
+			if t, ok := r.adopt(rec); ok {
+				return t, nil, true
+			}
+			after = rec.Generation
+		default:
+			after = rec.Generation
+		}
+	}
 }
 
 // usable reports whether a stored live record can be served without a

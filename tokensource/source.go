@@ -25,8 +25,9 @@ import (
 type Source struct {
 	refresher Refresher
 	store     storage.Store
-	locker    storage.Locker      // the store's, or nil
-	leaser    storage.LeaseLocker // the store's, or nil
+	locker    storage.Locker           // the store's, or nil
+	leaser    storage.LeaseLocker      // the store's, or nil
+	waiter    storage.GenerationWaiter // the store's, or nil
 	key       string
 	cfg       config
 
@@ -93,6 +94,7 @@ func New(r Refresher, store storage.Store, key string, opts ...Option) (*Source,
 	}
 	s.locker, _ = store.(storage.Locker)
 	s.leaser, _ = store.(storage.LeaseLocker)
+	s.waiter, _ = store.(storage.GenerationWaiter)
 	s.turn = make(chan struct{}, 1)
 	s.stopped, s.cancelStop = context.WithCancel(context.Background())
 	s.hard, s.cancelHard = context.WithCancel(context.Background())
@@ -304,6 +306,39 @@ func (s *Source) lock(ctx context.Context) (context.Context, error) {
 	}
 	s.held = h
 	return h.lease, nil
+}
+
+// lockOrMoved is lock for a Source that has nothing to save, over a store
+// that can tell when an entry moves on: while it waits for the lock, it
+// watches the stored generation, and gives up waiting as soon as it is
+// other than after, reporting moved. Another process saved the entry
+// meanwhile, and what it saved can often be adopted without the lock: the
+// processes waiting behind a refresh all learn its token at once instead of
+// taking the lock one by one. A failed watch leaves the lock to be waited
+// for.
+func (s *Source) lockOrMoved(ctx context.Context, after uint64) (lease context.Context, moved bool, err error) {
+	if s.waiter == nil || s.locker == nil || s.held != nil {
+		lease, err = s.lock(ctx)
+		return lease, false, err
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var changed atomic.Bool
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if gen, err := s.waiter.WaitGeneration(lctx, s.key, after); err == nil && gen != after {
+			changed.Store(true)
+			cancel()
+		}
+	}()
+	lease, err = s.lock(lctx)
+	cancel()
+	<-watched
+	if err != nil && changed.Load() && ctx.Err() == nil {
+		return nil, true, nil
+	}
+	return lease, false, err
 }
 
 // unlockUnlessPending releases the store's lock unless the served token

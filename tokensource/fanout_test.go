@@ -1,0 +1,187 @@
+package tokensource
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"golang.org/x/oauth2"
+
+	"github.com/tokenkeep/tokenkeep/storage"
+)
+
+// countingLocks is a Memory store that counts the locks taken on it.
+type countingLocks struct {
+	*storage.Memory
+	locks atomic.Int64
+}
+
+func (c *countingLocks) Lock(ctx context.Context, key string) (func() error, error) {
+	unlock, err := c.Memory.Lock(ctx, key)
+	if err == nil {
+		c.locks.Add(1)
+	}
+	return unlock, err
+}
+
+// TestWaitersAdoptWithoutTheLock: Sources waiting for the store's lock
+// while another process holds it learn what that process saves at once,
+// without taking the lock one by one after it: a fresh token is adopted, an
+// ended session is served as ended, a purged one as gone. The other
+// process here is the test, which holds the lock throughout.
+func TestWaitersAdoptWithoutTheLock(t *testing.T) {
+	const waiters = 8
+	cases := []struct {
+		name  string
+		write func(t *testing.T, store storage.Store, fresh *oauth2.Token)
+		check func(t *testing.T, tok *oauth2.Token, err error, fresh *oauth2.Token)
+	}{
+		{
+			name: "refreshed",
+			write: func(t *testing.T, store storage.Store, fresh *oauth2.Token) {
+				if err := store.Save(context.Background(), "alice", storage.NewRecord(1, fresh)); err != nil {
+					t.Fatal(err)
+				}
+			},
+			check: func(t *testing.T, tok *oauth2.Token, err error, fresh *oauth2.Token) {
+				if err != nil || tok.AccessToken != fresh.AccessToken {
+					t.Errorf("got %v, %v; want the token saved by the lock's holder", tok, err)
+				}
+			},
+		},
+		{
+			name: "revoked",
+			write: func(t *testing.T, store storage.Store, _ *oauth2.Token) {
+				rec := &storage.Record{Generation: 2, State: storage.Ended, Reason: "revoked"}
+				if err := store.Save(context.Background(), "alice", rec); err != nil {
+					t.Fatal(err)
+				}
+			},
+			check: func(t *testing.T, tok *oauth2.Token, err error, _ *oauth2.Token) {
+				if !errors.Is(err, ErrReauthRequired) {
+					t.Errorf("got %v, %v; want an error matching ErrReauthRequired", tok, err)
+				}
+			},
+		},
+		{
+			name: "purged",
+			write: func(t *testing.T, store storage.Store, _ *oauth2.Token) {
+				if err := store.Delete(context.Background(), "alice"); err != nil {
+					t.Fatal(err)
+				}
+			},
+			check: func(t *testing.T, tok *oauth2.Token, err error, _ *oauth2.Token) {
+				if !errors.Is(err, ErrReauthRequired) {
+					t.Errorf("got %v, %v; want an error matching ErrReauthRequired", tok, err)
+				}
+			},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p := &rotator{}
+				store := &countingLocks{Memory: storage.NewMemory()}
+				stale := p.login()
+				stale.Expiry = time.Now().Add(-time.Minute)
+				if err := store.Save(context.Background(), "alice", storage.NewRecord(0, stale)); err != nil {
+					t.Fatal(err)
+				}
+				unlock, err := store.Memory.Lock(context.Background(), "alice")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer unlock()
+
+				type result struct {
+					tok *oauth2.Token
+					err error
+				}
+				results := make(chan result, waiters)
+				for range waiters {
+					src := newLedgerSource(t, p, store, "alice")
+					go func() {
+						tok, err := src.Token()
+						results <- result{tok, err}
+					}()
+				}
+				synctest.Wait()
+				if len(results) != 0 {
+					t.Fatalf("%d callers returned while the lock was held and nothing changed", len(results))
+				}
+
+				start := time.Now()
+				c.write(t, store.Memory, p.login())
+				synctest.Wait()
+				if len(results) != waiters {
+					t.Fatalf("%d of %d waiting callers returned after the entry moved on; the others still queue for the lock", len(results), waiters)
+				}
+				var saved *oauth2.Token
+				if rec, err := store.Load(context.Background(), "alice"); err == nil {
+					saved = rec.Token
+				}
+				for range waiters {
+					r := <-results
+					c.check(t, r.tok, r.err, saved)
+				}
+				if d := time.Since(start); d != 0 {
+					t.Errorf("callers returned %v after the write, want at once", d)
+				}
+				if n := store.locks.Load(); n != 0 {
+					t.Errorf("the waiting Sources took the lock %d times, want 0", n)
+				}
+				if calls, _, _ := p.counts(); calls != 0 {
+					t.Errorf("%d provider calls, want 0", calls)
+				}
+			})
+		})
+	}
+}
+
+// TestWaiterKeepsWaitingForAStaleWrite: a record saved while a Source waits
+// that cannot be served (its token is stale too) does not end the wait: the
+// Source takes the lock once it is free and refreshes.
+func TestWaiterKeepsWaitingForAStaleWrite(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := &rotator{}
+		store := &countingLocks{Memory: storage.NewMemory()}
+		stale := p.login()
+		stale.Expiry = time.Now().Add(-time.Minute)
+		if err := store.Save(context.Background(), "alice", storage.NewRecord(0, stale)); err != nil {
+			t.Fatal(err)
+		}
+		unlock, err := store.Memory.Lock(context.Background(), "alice")
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := newLedgerSource(t, p, store, "alice")
+		done := make(chan error, 1)
+		go func() {
+			_, err := src.Token()
+			done <- err
+		}()
+		synctest.Wait()
+		r := stored(t, store, "alice")
+		r.Generation++ // the holder saved again, still stale
+		if err := store.Save(context.Background(), "alice", r); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if len(done) != 0 {
+			t.Fatalf("the Source returned (%v) on a stale write, while the lock was still held", <-done)
+		}
+		unlock()
+		if err := <-done; err != nil {
+			t.Fatalf("Token after the lock was freed: %v", err)
+		}
+		if n := store.locks.Load(); n != 1 {
+			t.Errorf("the Source took the lock %d times, want 1", n)
+		}
+		if calls, grants, reuse := p.counts(); calls != 1 || grants != 1 || reuse != 0 {
+			t.Errorf("provider: %d calls, %d grants, %d reuse; want 1, 1, 0", calls, grants, reuse)
+		}
+	})
+}
