@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/oauth2"
 
+	"github.com/tokenkeep/tokenkeep/internal/bubble"
 	"github.com/tokenkeep/tokenkeep/storage"
 )
 
@@ -34,7 +34,8 @@ type fleet struct {
 	died    int                  // refresh tokens presented after their idle lifetime
 	running int                  // requests under way
 	peak    int                  // most requests under way at once
-	peakG   int                  // most goroutines in the process seen by a request
+	countG  bool                 // count goroutines at each request, into peakG (the caller is in a synctest bubble)
+	peakG   int                  // most goroutines in the bubble seen by a request
 }
 
 // login starts a session for key and returns its first token.
@@ -69,7 +70,9 @@ func (p *fleet) Refresh(ctx context.Context, t *oauth2.Token) (*oauth2.Token, er
 	p.calls = append(p.calls, time.Now())
 	p.running++
 	p.peak = max(p.peak, p.running)
-	p.peakG = max(p.peakG, runtime.NumGoroutine())
+	if p.countG {
+		p.peakG = max(p.peakG, bubble.Goroutines())
+	}
 	first, busy := len(p.calls) == 1, p.refreshBusy
 	p.mu.Unlock()
 	defer func() {

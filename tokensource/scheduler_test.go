@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"runtime"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/tokenkeep/tokenkeep/internal/bubble"
 	"github.com/tokenkeep/tokenkeep/storage"
 )
 
@@ -18,19 +18,16 @@ const day = 24 * time.Hour
 
 // TestSchedulerRefreshesWithoutCallers: sessions nobody asks for are
 // refreshed once per lifetime each, by one goroutine for all of them.
-//
-// Goroutines are counted process-wide, where those of earlier tests may
-// still be ending: the checks only look for goroutines that appear.
 func TestSchedulerRefreshesWithoutCallers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const few, many = 10, 300
 		p := &fleet{}
 		sc := &Scheduler{}
 		store := storage.NewMemory()
-		before := runtime.NumGoroutine()
+		before := bubble.Goroutines()
 		srcs := openFleet(t, p, store, few, WithScheduler(sc))
 		synctest.Wait()
-		gFew := runtime.NumGoroutine()
+		gFew := bubble.Goroutines()
 		if extra := gFew - before; extra > 1 {
 			t.Errorf("goroutines added by %d idle sessions: %d, want at most 1 (the scheduler's)", few, extra)
 		}
@@ -47,7 +44,7 @@ func TestSchedulerRefreshesWithoutCallers(t *testing.T) {
 			srcs = append(srcs, s)
 		}
 		synctest.Wait()
-		if gMany := runtime.NumGoroutine(); gMany > gFew {
+		if gMany := bubble.Goroutines(); gMany > gFew {
 			t.Errorf("goroutines with %d idle sessions: %d, more than the %d with %d", many, gMany, gFew, few)
 		}
 		if got := sc.queued(); got != many {
@@ -76,7 +73,7 @@ func TestSchedulerRefreshesWithoutCallers(t *testing.T) {
 			t.Errorf("queued after Close: got %d, want 0", got)
 		}
 		synctest.Wait()
-		if extra := runtime.NumGoroutine() - before; extra > 0 {
+		if extra := bubble.Goroutines() - before; extra > 0 {
 			t.Errorf("goroutines left after every Source closed: %d, want 0", extra)
 		}
 	})
@@ -212,10 +209,10 @@ func TestSchedulerRespectsBackOff(t *testing.T) {
 func TestSchedulerMaxRunning(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const n, running = 50, 4
-		p := &fleet{latency: time.Second}
+		p := &fleet{latency: time.Second, countG: true}
 		sc := &Scheduler{MaxRunning: running}
 		store := storage.NewMemory()
-		before := runtime.NumGoroutine()
+		before := bubble.Goroutines()
 		for i := range n {
 			key := fmt.Sprintf("user%04d", i)
 			s, err := New(p, store, key, WithScheduler(sc))

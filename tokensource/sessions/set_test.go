@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/tokenkeep/tokenkeep/internal/bubble"
 	"github.com/tokenkeep/tokenkeep/storage"
 	"github.com/tokenkeep/tokenkeep/tokensource"
 	"github.com/tokenkeep/tokenkeep/tokensource/sessions"
@@ -138,7 +138,7 @@ func TestSetIdleClose(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := &provider{}
 		base := &recorder{}
-		before := runtime.NumGoroutine()
+		before := bubble.Goroutines()
 		set := newSet(t, sessions.Config{Refresher: p, Store: storage.NewMemory(), Base: base, Idle: 10 * time.Minute})
 		ctx := context.Background()
 		for _, u := range []string{"alice", "bob"} {
@@ -164,7 +164,7 @@ func TestSetIdleClose(t *testing.T) {
 		if got := set.List(); len(got) != 0 {
 			t.Errorf("open after 23 min: got %q, want none", got)
 		}
-		if extra := runtime.NumGoroutine() - before; extra > 0 {
+		if extra := bubble.Goroutines() - before; extra > 0 {
 			t.Errorf("goroutines with no session open: %d more than before, want 0", extra)
 		}
 		if err := get(alice); err != nil {
@@ -298,7 +298,7 @@ func TestSetRefreshesWithoutCallers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const n = 200
 		p := &provider{}
-		before := runtime.NumGoroutine()
+		before := bubble.Goroutines()
 		set := newSet(t, sessions.Config{Refresher: p, Store: storage.NewMemory(), Idle: -1})
 		ctx := context.Background()
 		for i := range n {
@@ -308,9 +308,7 @@ func TestSetRefreshesWithoutCallers(t *testing.T) {
 			}
 		}
 		synctest.Wait()
-		// Counted process-wide, where goroutines of earlier tests may
-		// still be ending: only goroutines that appear count.
-		if extra := runtime.NumGoroutine() - before; extra > 1 {
+		if extra := bubble.Goroutines() - before; extra > 1 {
 			t.Errorf("goroutines for %d open sessions: %d more than before, want at most 1 (the scheduler's)", n, extra)
 		}
 		time.Sleep(3 * time.Hour)
