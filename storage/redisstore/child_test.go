@@ -30,6 +30,8 @@ const (
 	envLeaseTTL   = "REDISSTORE_TEST_LEASE_TTL"  // Options.LeaseTTL, as time.ParseDuration reads it
 	envTokenURL   = "REDISSTORE_TEST_TOKEN_URL"  // the authorization server's token endpoint
 	envGoroutines = "REDISSTORE_TEST_GOROUTINES" // Sources per child, each asking once per round
+	envDir        = "REDISSTORE_TEST_DIR"        // if set, the children share a File store in this directory instead
+	envNoWait     = "REDISSTORE_TEST_NO_WAIT"    // if set, the store is used without its GenerationWaiter
 )
 
 // entry is the name every child uses for the shared session.
@@ -55,7 +57,7 @@ func runChild(in io.Reader, out io.Writer) int {
 	return 0
 }
 
-func childSetup() (*Store, tokensource.Refresher, int, error) {
+func childSetup() (storage.Store, tokensource.Refresher, int, error) {
 	key, err := storage.KeyFromEnv(envKey)
 	if err != nil {
 		return nil, nil, 0, err
@@ -68,10 +70,18 @@ func childSetup() (*Store, tokensource.Refresher, int, error) {
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	c := redis.NewClient(&redis.Options{Addr: os.Getenv(envAddr)})
-	st, err := New(c, key, &Options{Prefix: os.Getenv(envPrefix), LeaseTTL: ttl})
+	var st storage.Store
+	if dir := os.Getenv(envDir); dir != "" {
+		st, err = storage.NewFile(dir, key)
+	} else {
+		c := redis.NewClient(&redis.Options{Addr: os.Getenv(envAddr)})
+		st, err = New(c, key, &Options{Prefix: os.Getenv(envPrefix), LeaseTTL: ttl})
+	}
 	if err != nil {
 		return nil, nil, 0, err
+	}
+	if os.Getenv(envNoWait) != "" {
+		st = withoutWaiter(st)
 	}
 	r, err := tokensource.NewConfigRefresher(proctest.Config(os.Getenv(envTokenURL)), "", nil)
 	if err != nil {
@@ -80,7 +90,22 @@ func childSetup() (*Store, tokensource.Refresher, int, error) {
 	return st, r, n, nil
 }
 
-func childRound(st *Store, r tokensource.Refresher, n int) string {
+// withoutWaiter hides st's GenerationWaiter, as stores were before they had
+// one: a Source waiting for the lock then takes it in turn.
+func withoutWaiter(st storage.Store) storage.Store {
+	if l, ok := st.(storage.LeaseLocker); ok {
+		return struct {
+			storage.Store
+			storage.LeaseLocker
+		}{st, l}
+	}
+	return struct {
+		storage.Store
+		storage.Locker
+	}{st, st.(storage.Locker)}
+}
+
+func childRound(st storage.Store, r tokensource.Refresher, n int) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	ats := make([]string, n)
@@ -147,6 +172,8 @@ type session struct {
 	prefix   string
 	tokenURL string
 	leaseTTL time.Duration
+	dir      string // if set, a File store's directory, used instead of Redis
+	noWait   bool   // the children use their store without its GenerationWaiter
 }
 
 // startFleet starts n children of this test binary with goroutines Sources
@@ -165,7 +192,11 @@ func startFleet(t testing.TB, s session, n, goroutines int) *fleet {
 			envTokenURL+"="+s.tokenURL,
 			envLeaseTTL+"="+s.leaseTTL.String(),
 			envGoroutines+"="+strconv.Itoa(goroutines),
+			envDir+"="+s.dir,
 		)
+		if s.noWait {
+			cmd.Env = append(cmd.Env, envNoWait+"=1")
+		}
 		cmd.SysProcAttr = dieWithParent()
 		in, err := cmd.StdinPipe()
 		if err != nil {
@@ -286,7 +317,7 @@ func newSession(t testing.TB, srv *authserver.Server, leaseTTL time.Duration) (s
 
 // expire makes the stored session's access token look expired, keeping its
 // refresh token, as if its lifetime had passed.
-func expire(t testing.TB, st *Store) {
+func expire(t testing.TB, st storage.Store) {
 	t.Helper()
 	ctx := context.Background()
 	r, err := st.Load(ctx, entry)
