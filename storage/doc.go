@@ -4,7 +4,11 @@
 // Every store keeps the whole token the provider sent — access token, type,
 // refresh token, expiry and extra fields such as id_token and scope — and
 // implements [Locker], so that a tokensource.Source sharing it with other
-// goroutines or processes redeems each refresh token once.
+// goroutines or processes redeems each refresh token once. Memory and File
+// also implement [GenerationWaiter], so that processes waiting for the lock
+// while one refreshes learn its new token at once (File polls a stat of the
+// entry's file every [WaitPoll]); the keyring has no cheap way to tell, and
+// its waiters take the lock in turn.
 //
 // # Choosing a store
 //

@@ -34,6 +34,14 @@
 // token twice, which providers with reuse detection (Okta, Auth0) punish by
 // revoking the whole session. Fresh tokens never touch the lock.
 //
+// If the store also implements [storage.GenerationWaiter] (Memory, File and
+// the Redis store do), a Source waiting for the lock watches the stored
+// generation meanwhile. When the holder saves, every waiter adopts the new
+// token at once, without the lock, instead of taking it in turn only to
+// load the same record; a revoked or deleted session is learned the same
+// way. A record that cannot be served as it is (its token is stale too)
+// leaves the Source waiting for the lock.
+//
 // # The session ledger
 //
 // The store keeps each session as a [storage.Record] with a generation

@@ -121,7 +121,8 @@
 // caller knows: a process waiting for the lock while another refreshes can
 // load the new record the moment it is written, instead of taking the lock
 // in turn after every other waiter. One subscription connection per Store
-// serves all of its waiting calls.
+// serves all of its waiting calls. A tokensource.Source uses it while it
+// waits for the lock.
 //
 // # Listing
 //
