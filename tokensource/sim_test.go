@@ -29,9 +29,10 @@ import (
 //   - the stored generation never decreases;
 //   - after a Revoke was saved and before the next Put, no process is
 //     handed an access token it had not been handed before the Revoke;
-//   - every reuse detection is explained by a refresh the provider
-//     processed whose answer never arrived: a process killed, or an answer
-//     delayed past the client's deadline (an in-doubt request);
+//   - every reuse detection is explained by the refresh request that retired
+//     the token, which the provider records with the sender's process id:
+//     that process was killed before the reuse, or the request's answer was
+//     held or slowed past the client's deadline (an in-doubt request);
 //   - at the end, after a clean Close everywhere, a live stored session
 //     holds the newest refresh token the provider issued for it.
 //
@@ -71,7 +72,7 @@ func TestSimulation(t *testing.T) {
 // simTotals counts what a schedule did.
 type simTotals struct {
 	schedules, processes, ops, faults, kills int
-	reuse, explained, violations             int
+	reuse, byKill, byLate, violations        int
 	grants                                   int64
 }
 
@@ -82,14 +83,15 @@ func (a *simTotals) add(b simTotals) {
 	a.faults += b.faults
 	a.kills += b.kills
 	a.reuse += b.reuse
-	a.explained += b.explained
+	a.byKill += b.byKill
+	a.byLate += b.byLate
 	a.violations += b.violations
 	a.grants += b.grants
 }
 
 func (a simTotals) String() string {
-	return fmt.Sprintf("%d schedules, %d processes, %d operations, %d faults injected, %d kills, %d refresh grants, %d reuse detections (at most %d explained by answers that never arrived), %d invariant violations",
-		a.schedules, a.processes, a.ops, a.faults, a.kills, a.grants, a.reuse, a.explained, a.violations)
+	return fmt.Sprintf("%d schedules, %d processes, %d operations, %d faults injected, %d kills, %d refresh grants, %d reuse detections (%d by a kill of the process whose request retired the token, %d by an answer held past the client's deadline), %d invariant violations",
+		a.schedules, a.processes, a.ops, a.faults, a.kills, a.grants, a.reuse, a.byKill, a.byLate, a.violations)
 }
 
 // simProc is one simulation child, as the parent sees it.
@@ -191,16 +193,16 @@ func runSimulation(t *testing.T, seed uint64, m, steps int) simTotals {
 	}()
 
 	var (
-		mu        sync.Mutex      // guards the oracle's state below
-		ended     bool            // a Revoke was saved, and no Put was sent since or is under way
-		epoch     int             // +1 whenever ended changes or a Put is sent
-		puts      int             // Puts under way, or answered ErrNotSaved and still being saved
-		unsaved   = map[int]int{} // per process, Puts answered ErrNotSaved: saved in the background, or by Close
-		answers   = map[string]int{}
-		examples  = map[string]string{} // an answer's detail, per kind of answer
-		lateFault int                   // answers delayed past the client's deadline
-		gen       uint64
-		failures  []string
+		mu       sync.Mutex      // guards the oracle's state below
+		ended    bool            // a Revoke was saved, and no Put was sent since or is under way
+		epoch    int             // +1 whenever ended changes or a Put is sent
+		puts     int             // Puts under way, or answered ErrNotSaved and still being saved
+		unsaved  = map[int]int{} // per process, Puts answered ErrNotSaved: saved in the background, or by Close
+		answers  = map[string]int{}
+		examples = map[string]string{} // an answer's detail, per kind of answer
+		killed   = map[int]time.Time{} // when each killed process was killed, by pid
+		gen      uint64
+		failures []string
 	)
 	violate := func(format string, args ...any) {
 		mu.Lock()
@@ -216,26 +218,33 @@ func runSimulation(t *testing.T, seed uint64, m, steps int) simTotals {
 			p := procs[pi]
 			var op string
 			switch r := rng.IntN(100); {
-			case r < 40:
+			case r < 38:
 				op = "token"
 			case r < 48:
 				op = "invalidate"
-			case r < 54:
+			case r < 53:
 				b, _ := json.Marshal(srv.Mint("openid", "offline_access"))
 				op = "put " + string(b)
 				mu.Lock()
 				ended, epoch, puts = false, epoch+1, puts+1
 				mu.Unlock()
-			case r < 59:
+			case r < 56:
 				op = "revoke"
-			case r < 65:
+			case r < 61:
 				op = "reopen"
-			case r < 70:
+			case r < 65:
 				op = "failsaves " + []string{"on", "off"}[rng.IntN(2)]
-			case r < 75:
+			case r < 69:
 				op = fmt.Sprintf("slow %d", []int{0, 0, 50, 400}[rng.IntN(4)])
-			case r < 80:
+			case r < 77:
+				// Let access tokens (1 s) expire, so that the next
+				// calls refresh.
+				pause := time.NewTimer(time.Duration(300+rng.IntN(900)) * time.Millisecond)
+				<-pause.C
+				continue
+			case r < 81:
 				tot.kills++
+				killed[p.cmd.Process.Pid] = time.Now()
 				p.kill()
 				mu.Lock()
 				puts -= unsaved[pi]
@@ -259,9 +268,6 @@ func runSimulation(t *testing.T, seed uint64, m, steps int) simTotals {
 					// Processed, answered after the client's refresh
 					// deadline: an in-doubt request.
 					srv.Inject(authserver.EndpointToken, authserver.Fault{SlowBody: 5 * time.Second})
-					mu.Lock()
-					lateFault++
-					mu.Unlock()
 				}
 				continue
 			}
@@ -335,10 +341,26 @@ func runSimulation(t *testing.T, seed uint64, m, steps int) simTotals {
 		p.stop()
 	}
 	s := srv.Stats()
-	tot.grants, tot.reuse = s.RefreshGrants, int(s.ReuseDetections)
-	tot.explained = lateFault + tot.kills
-	if tot.reuse > tot.explained {
-		violate("%d reuse detections, but only %d answers can have gone missing (%d late answers, %d kills)", tot.reuse, tot.explained, lateFault, tot.kills)
+	tot.grants = s.RefreshGrants
+	pids := map[string]int{}
+	for pid := range killed {
+		pids[proctest.SimUserAgent(pid)] = pid
+	}
+	for _, r := range srv.Reuses() {
+		tot.reuse++
+		k, wasKilled := killed[pids[r.SpentBy]]
+		switch {
+		case r.SpentSpoiled:
+			tot.byLate++ // the answer was held, slowed or cut: the request was in doubt
+		case wasKilled && !k.After(r.At):
+			tot.byKill++ // the process that sent the request died with its answer
+		default:
+			violate("a reuse detection at %v of a refresh token retired at %v by %s, whose answer was sent whole and which was not killed: a rotated refresh token was lost",
+				r.At.Format(time.StampMilli), r.SpentAt.Format(time.StampMilli), r.SpentBy)
+		}
+	}
+	if n := s.ReuseDetections; int(n) != tot.reuse {
+		violate("the provider counted %d reuse detections but recorded %d", n, tot.reuse)
 	}
 	if rec, err := st.Load(ctx, proctest.Entry); err == nil && rec.State == storage.Live && rec.Token.RefreshToken != "" {
 		if state := srv.RefreshState(rec.Token.RefreshToken); state == authserver.RefreshRetired {

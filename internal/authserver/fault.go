@@ -2,6 +2,7 @@ package authserver
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"math/rand/v2"
@@ -67,6 +68,12 @@ func (h *Hold) Processed() <-chan struct{} { return h.processed }
 func (h *Hold) Release() { h.releaseOnce.Do(func() { close(h.release) }) }
 
 func (f Fault) replaces() bool { return f.Status != 0 || f.Body != "" || f.Drop }
+
+// spoils reports whether f changes a processed request's answer, so that
+// the client may never get the tokens it issued.
+func (f Fault) spoils() bool {
+	return f.Mutate != nil || f.Truncate > 0 || f.SlowBody > 0 || f.Hold != nil || f.AnswerAfter > 0
+}
 
 // faults holds what is injected, per endpoint.
 type faults struct {
@@ -145,7 +152,7 @@ func (s *Server) wrap(endpoint string, h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		rec := httptest.NewRecorder()
-		h(rec, r)
+		h(rec, r.WithContext(context.WithValue(r.Context(), spoiledKey{}, f.spoils())))
 		s.holdAnswer(f)
 		s.spoil(w, r, rec, f)
 	}

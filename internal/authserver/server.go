@@ -82,7 +82,8 @@ type Server struct {
 	users    map[string]string       // user code to device code
 	refresh  map[string]*refreshToken
 	access   map[string]*accessToken
-	families int // families issued, for ids
+	families int     // families issued, for ids
+	reuses   []Reuse // every reuse detection, in order
 
 	faults faults
 	stats  counters

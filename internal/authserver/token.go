@@ -27,7 +27,36 @@ type refreshToken struct {
 	fam     *family
 	retired bool // rotated away; presenting it again is reuse
 	expiry  time.Time
+	spent   spending // with retired: the request that rotated it away
 }
+
+// spending is a refresh request that the server processed.
+type spending struct {
+	at      time.Time // when it was processed
+	by      string    // its User-Agent
+	spoiled bool      // its answer was spoiled by an injected fault
+}
+
+// Reuse is one reuse detection: a retired refresh token presented again.
+// It says which processed request retired the token, so that a test can
+// tell why its answer never reached whoever presented the token again.
+type Reuse struct {
+	At           time.Time // when the retired token was presented again
+	SpentAt      time.Time // when the request that retired it was processed
+	SpentBy      string    // that request's User-Agent
+	SpentSpoiled bool      // that request's answer was spoiled by an injected fault (cut short, slowed, rewritten)
+}
+
+// Reuses returns every reuse detection so far, oldest first.
+func (s *Server) Reuses() []Reuse {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.reuses)
+}
+
+// spoiledKey marks, in a request's context, a request whose answer an
+// injected fault spoils.
+type spoiledKey struct{}
 
 type accessToken struct {
 	fam     *family
@@ -72,7 +101,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	switch gt := r.PostForm.Get("grant_type"); gt {
 	case "refresh_token":
 		s.stats.refreshGrants.Add(1)
-		body, terr = s.refreshGrant(client, r.PostForm)
+		body, terr = s.refreshGrant(client, r)
 	case "authorization_code":
 		s.stats.codeGrants.Add(1)
 		body, terr = s.codeGrant(client, r.PostForm)
@@ -132,7 +161,8 @@ func invalidGrant(desc string) *tokenError {
 	return &tokenError{http.StatusBadRequest, "invalid_grant", desc}
 }
 
-func (s *Server) refreshGrant(client string, form url.Values) (map[string]any, *tokenError) {
+func (s *Server) refreshGrant(client string, r *http.Request) (map[string]any, *tokenError) {
+	form := r.PostForm
 	value := form.Get("refresh_token")
 	if value == "" {
 		return nil, &tokenError{http.StatusBadRequest, "invalid_request", "refresh_token missing"}
@@ -151,6 +181,7 @@ func (s *Server) refreshGrant(client string, form url.Values) (map[string]any, *
 		if s.cfg.ReuseDetection {
 			rt.fam.revoked = true
 			s.stats.reuseDetections.Add(1)
+			s.reuses = append(s.reuses, Reuse{At: s.now(), SpentAt: rt.spent.at, SpentBy: rt.spent.by, SpentSpoiled: rt.spent.spoiled})
 			return nil, invalidGrant("refresh token reused; session revoked")
 		}
 		return nil, invalidGrant("refresh token already rotated")
@@ -170,6 +201,8 @@ func (s *Server) refreshGrant(client string, form url.Values) (map[string]any, *
 	s.stats.refreshesGranted.Add(1)
 	if s.cfg.Rotate {
 		rt.retired = true
+		spoiled, _ := r.Context().Value(spoiledKey{}).(bool)
+		rt.spent = spending{at: s.now(), by: r.UserAgent(), spoiled: spoiled}
 	} else if !s.cfg.OmitRefreshTokenOnRefresh {
 		body["refresh_token"] = value
 	}

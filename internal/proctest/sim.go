@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -76,6 +78,22 @@ func (s *simStore) Save(ctx context.Context, key string, r *storage.Record) erro
 	return s.File.Save(ctx, key, r)
 }
 
+// SimUserAgent is the User-Agent of simulation child pid's requests, by
+// which the provider tells whose request retired a refresh token.
+func SimUserAgent(pid int) string { return "tokenkeep-sim/" + strconv.Itoa(pid) }
+
+// userAgent sets the User-Agent of every request.
+type userAgent struct {
+	value string
+	base  http.RoundTripper
+}
+
+func (u userAgent) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("User-Agent", u.value)
+	return u.base.RoundTrip(r)
+}
+
 // sim is a simulation child.
 type sim struct {
 	store    *simStore
@@ -100,7 +118,8 @@ func SimOptions() []tokensource.Option {
 }
 
 func (s *sim) open() error {
-	r, err := tokensource.NewConfigRefresher(Config(s.tokenURL), os.Getenv(EnvRevokeURL), nil)
+	hc := &http.Client{Transport: userAgent{SimUserAgent(os.Getpid()), http.DefaultTransport}}
+	r, err := tokensource.NewConfigRefresher(Config(s.tokenURL), os.Getenv(EnvRevokeURL), hc)
 	if err != nil {
 		return err
 	}
