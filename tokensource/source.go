@@ -40,10 +40,8 @@ type Source struct {
 	turn chan struct{}
 	held *heldLock // guarded by turn: the store's lock, kept while a save is pending
 
-	stopped    context.Context    // ended by Close: start nothing new
-	cancelStop context.CancelFunc //
-	hard       context.Context    // ended by Close once its grace has passed
-	cancelHard context.CancelFunc //
+	stopped stopSignal // fired by Close: start nothing new
+	hard    stopSignal // fired by Close once its grace has passed
 
 	mu     sync.Mutex     // guards closed and wg.Add
 	closed bool           //
@@ -94,8 +92,6 @@ func New(r Refresher, store storage.Store, key string, opts ...Option) (*Source,
 	s.locker, _ = store.(storage.Locker)
 	s.leaser, _ = store.(storage.LeaseLocker)
 	s.turn = make(chan struct{}, 1)
-	s.stopped, s.cancelStop = context.WithCancel(context.Background())
-	s.hard, s.cancelHard = context.WithCancel(context.Background())
 	return s, nil
 }
 
@@ -216,9 +212,9 @@ func (s *Source) flight(background bool) (any, error) {
 	}
 	defer s.wg.Done()
 	deadline := time.Now().Add(s.cfg.refreshTimeout)
-	hard, cancelHard := context.WithDeadline(s.hard, deadline)
+	hard, cancelHard := s.hard.withDeadline(deadline)
 	defer cancelHard()
-	soft, cancelSoft := context.WithDeadline(s.stopped, deadline) // Close ends it before hard
+	soft, cancelSoft := s.stopped.withDeadline(deadline) // Close ends it before hard
 	defer cancelSoft()
 
 	if !s.takeTurn(soft) {
@@ -434,7 +430,7 @@ func (s *Source) Put(ctx context.Context, t *oauth2.Token) error {
 
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.lockTimeout)
 	defer cancel()
-	defer context.AfterFunc(s.stopped, cancel)() // Close saves it instead
+	defer s.stopped.AfterFunc(cancel)() // Close saves it instead
 	if !s.takeTurn(pctx) {
 		s.replace(next)
 		s.keepSaving()
