@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/tokenkeep/tokenkeep/internal/tokencodec"
 	"github.com/tokenkeep/tokenkeep/storage"
@@ -30,9 +29,8 @@ type Source struct {
 	key       string
 	cfg       config
 
-	cur   atomic.Pointer[state] // the served state; nil until first use
-	group singleflight.Group    // one refresh at a time
-	seen  atomic.Uint64         // the highest generation loaded or written
+	cur  atomic.Pointer[state] // the served state; nil until first use
+	seen atomic.Uint64         // the highest generation loaded or written
 
 	// turn is held by the one operation that may write the store: a
 	// refresh, Put, Revoke, a save retry, or Close's last save. It is held
@@ -43,8 +41,9 @@ type Source struct {
 	stopped stopSignal // fired by Close: start nothing new
 	hard    stopSignal // fired by Close once its grace has passed
 
-	mu     sync.Mutex     // guards closed and wg.Add
+	mu     sync.Mutex     // guards closed, wg.Add and call
 	closed bool           //
+	call   *call          // the refresh under way, which callers join; nil when none
 	wg     sync.WaitGroup // refreshes, save retries and Puts under way
 
 	background atomic.Bool  // a background refresh is running
@@ -62,8 +61,6 @@ type heldLock struct {
 
 // lost reports whether the lock is known to be lost.
 func (h *heldLock) lost() bool { return h.lease != nil && h.lease.Err() != nil }
-
-const flightKey = "refresh"
 
 // New returns a Source that serves tokens for key from store and renews
 // them through r. It does no I/O: the store is first read by the first call
@@ -146,13 +143,16 @@ func (s *Source) wait(ctx context.Context) (*oauth2.Token, error) {
 			return nil, err
 		}
 	}
-	ch := s.group.DoChan(flightKey, func() (any, error) { return s.flight(false) })
+	c, first := s.join()
+	if first {
+		go s.run(c, false)
+	}
 	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
+	case <-c.done:
+		if c.err != nil {
+			return nil, c.err
 		}
-		return r.Val.(*oauth2.Token), nil
+		return c.tok, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("tokensource: waiting for refresh of %q: %w", s.key, ctx.Err())
 	}
@@ -193,8 +193,7 @@ func (s *Source) refreshEarly(st *state, now time.Time) {
 	go func() {
 		defer s.wg.Done()
 		defer s.background.Store(false)
-		_, err, _ := s.group.Do(flightKey, func() (any, error) { return s.flight(true) })
-		if err != nil {
+		if _, err := s.share(true); err != nil {
 			// Try again after an eighth of the time left, so that a
 			// provider outage costs a handful of attempts per lifetime.
 			now := time.Now()
@@ -204,9 +203,60 @@ func (s *Source) refreshEarly(st *state, now time.Time) {
 	}()
 }
 
+// call is one refresh, shared by the callers who arrive while it runs,
+// so that a Source runs one at a time. A singleflight.Group would keep the
+// map in which it finds its calls for as long as the Source lives; a
+// Source keeps nothing of a call once it ended.
+type call struct {
+	done chan struct{} // closed once tok and err are set
+	tok  *oauth2.Token
+	err  error
+}
+
+// errAbandoned is what the callers of a refresh are told if it panicked
+// or called runtime.Goexit.
+var errAbandoned = errors.New("tokensource: the refresh ended without a result")
+
+// join returns the refresh under way, or a new one that the caller must
+// start with run (first is then true).
+func (s *Source) join() (c *call, first bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.call != nil {
+		return s.call, false
+	}
+	s.call = &call{done: make(chan struct{})}
+	return s.call, true
+}
+
+// run runs the refresh c, which join returned first, then tells its
+// callers and lets the next refresh start.
+func (s *Source) run(c *call, background bool) {
+	c.err = errAbandoned // unless flight returns
+	defer func() {
+		s.mu.Lock()
+		s.call = nil
+		s.mu.Unlock()
+		close(c.done)
+	}()
+	c.tok, c.err = s.flight(background)
+}
+
+// share joins the refresh under way, or runs one on the calling goroutine,
+// and returns its result.
+func (s *Source) share(background bool) (*oauth2.Token, error) {
+	c, first := s.join()
+	if first {
+		s.run(c, background)
+	} else {
+		<-c.done
+	}
+	return c.tok, c.err
+}
+
 // flight runs one refresh, detached from callers, bounded by the refresh
 // timeout and by Close.
-func (s *Source) flight(background bool) (any, error) {
+func (s *Source) flight(background bool) (*oauth2.Token, error) {
 	if !s.enter() {
 		return nil, ErrClosed
 	}

@@ -194,9 +194,9 @@ func TestCloseCancelsWorkThatSentNothing(t *testing.T) {
 }
 
 // TestSourceKeepsNothingOfItsWork: after refreshes in the foreground and
-// the background, a Put and a Revoke, a Source's stop signals hold no
-// registration and no done channel: an idle Source costs the same however
-// much it has done.
+// the background, a Put and a Revoke, a Source keeps no refresh, and its
+// stop signals hold no registration and no done channel: an idle Source
+// costs the same however much it has done.
 func TestSourceKeepsNothingOfItsWork(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := storage.NewMemory()
@@ -223,6 +223,11 @@ func TestSourceKeepsNothingOfItsWork(t *testing.T) {
 		if got := p.calls.Load(); got != 2 {
 			t.Fatalf("refreshes: got %d, want 2", got)
 		}
+		s.mu.Lock()
+		if s.call != nil {
+			t.Error("the last refresh is kept after it ended")
+		}
+		s.mu.Unlock()
 		for name, sig := range map[string]*stopSignal{"stopped": &s.stopped, "hard": &s.hard} {
 			if n := registered(sig); n != 0 {
 				t.Errorf("%s: registrations left: got %d, want 0", name, n)
