@@ -23,9 +23,7 @@ import (
 // callers must not modify them.
 type Source struct {
 	refresher Refresher
-	store     storage.Store
-	locker    storage.Locker      // the store's, or nil
-	leaser    storage.LeaseLocker // the store's, or nil
+	store     storage.Store // and its storage.Locker, if it is one
 	key       string
 	cfg       config
 
@@ -47,8 +45,8 @@ type Source struct {
 	wg     sync.WaitGroup // refreshes, save retries and Puts under way
 
 	background atomic.Bool  // a background refresh is running
-	notBefore  atomic.Int64 // no background refresh before this (Unix ns)
 	saving     atomic.Bool  // the save retry loop is running
+	notBefore  atomic.Int64 // no background refresh before this (Unix ns)
 
 	slot slot // guarded by cfg.sched's mu: this Source's place in its Scheduler
 }
@@ -86,8 +84,6 @@ func New(r Refresher, store storage.Store, key string, opts ...Option) (*Source,
 			o(&s.cfg)
 		}
 	}
-	s.locker, _ = store.(storage.Locker)
-	s.leaser, _ = store.(storage.LeaseLocker)
 	s.turn = make(chan struct{}, 1)
 	return s, nil
 }
@@ -325,7 +321,8 @@ func (s *Source) enter() bool {
 // waiting no longer than ctx and the lock timeout allow. The caller holds
 // the turn. It returns the lease context of the lock, or nil.
 func (s *Source) lock(ctx context.Context) (context.Context, error) {
-	if s.locker == nil {
+	locker, ok := s.store.(storage.Locker)
+	if !ok {
 		return nil, nil
 	}
 	if s.held != nil && !s.held.lost() {
@@ -340,10 +337,10 @@ func (s *Source) lock(ctx context.Context) (context.Context, error) {
 	defer cancel()
 	h := &heldLock{}
 	var err error
-	if s.leaser != nil {
-		h.lease, h.unlock, err = s.leaser.LockLease(lctx, s.key)
+	if leaser, ok := s.store.(storage.LeaseLocker); ok {
+		h.lease, h.unlock, err = leaser.LockLease(lctx, s.key)
 	} else {
-		h.unlock, err = s.locker.Lock(lctx, s.key)
+		h.unlock, err = locker.Lock(lctx, s.key)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("tokensource: lock %q: %w", s.key, err)
