@@ -283,7 +283,7 @@ func (s *Source) Close() error {
 	// process: as long as any lock wait, and then as long as any save.
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.lockTimeout+s.cfg.attemptTimeout)
 	defer cancel()
-	s.turn <- struct{}{} // free: everything that took it has returned
+	s.takeTurn(context.Background()) // free: everything that took it has returned
 	if st := s.cur.Load(); st != nil && st.unsaved {
 		_, err = s.lock(ctx)
 		if err == nil {
@@ -295,7 +295,7 @@ func (s *Source) Close() error {
 		}
 	}
 	s.unlock()
-	<-s.turn
+	s.giveTurn()
 	s.replace(&state{ended: ErrClosed})
 	return err
 }

@@ -29,20 +29,20 @@ type Source struct {
 
 	cur  atomic.Pointer[state] // the served state; nil until first use
 	seen atomic.Uint64         // the highest generation loaded or written
-
-	// turn is held by the one operation that may write the store: a
-	// refresh, Put, Revoke, a save retry, or Close's last save. It is held
-	// across I/O, but never by a caller whose token is fresh.
-	turn chan struct{}
-	held *heldLock // guarded by turn: the store's lock, kept while a save is pending
+	held *heldLock             // guarded by the turn: the store's lock, kept while a save is pending
 
 	stopped stopSignal // fired by Close: start nothing new
 	hard    stopSignal // fired by Close once its grace has passed
 
-	mu     sync.Mutex     // guards closed, wg.Add and call
-	closed bool           //
-	call   *call          // the refresh under way, which callers join; nil when none
-	wg     sync.WaitGroup // refreshes, save retries and Puts under way
+	mu      sync.Mutex     // guards call, waiting, closed, turn and wg.Add
+	call    *call          // the refresh under way, which callers join; nil when none
+	waiting *turnWaiter    // the operations waiting for the turn, first come first
+	wg      sync.WaitGroup // refreshes, save retries and Puts under way
+	closed  bool           // Close was called
+	// turn is held by the one operation that may write the store: a
+	// refresh, Put, Revoke, a save retry, or Close's last save. It is held
+	// across I/O, but never by a caller whose token is fresh.
+	turn bool
 
 	background atomic.Bool  // a background refresh is running
 	saving     atomic.Bool  // the save retry loop is running
@@ -84,13 +84,12 @@ func New(r Refresher, store storage.Store, key string, opts ...Option) (*Source,
 			o(&s.cfg)
 		}
 	}
-	s.turn = make(chan struct{}, 1)
 	return s, nil
 }
 
 // usable reports whether s was made by New; a zero Source is not.
 func (s *Source) usable() error {
-	if s == nil || s.turn == nil {
+	if s == nil || s.refresher == nil {
 		return errors.New("tokensource: Source not made by New")
 	}
 	return nil
@@ -288,22 +287,57 @@ func (s *Source) closedOr(err error) error {
 	return err
 }
 
-// takeTurn waits for the turn until ctx ends.
-func (s *Source) takeTurn(ctx context.Context) bool {
-	select {
-	case s.turn <- struct{}{}:
-		return true
-	default:
-	}
-	select {
-	case s.turn <- struct{}{}:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+// turnWaiter is an operation waiting for the turn.
+type turnWaiter struct {
+	given chan struct{} // closed when the turn is handed to it
+	next  *turnWaiter
 }
 
-func (s *Source) giveTurn() { <-s.turn }
+// takeTurn waits for the turn until ctx ends, and reports whether it took
+// it. The turn goes to waiters in the order they came. A free turn is
+// taken even if ctx has ended.
+func (s *Source) takeTurn(ctx context.Context) bool {
+	s.mu.Lock()
+	if !s.turn {
+		s.turn = true
+		s.mu.Unlock()
+		return true
+	}
+	w := &turnWaiter{given: make(chan struct{})}
+	last := &s.waiting
+	for *last != nil {
+		last = &(*last).next
+	}
+	*last = w
+	s.mu.Unlock()
+
+	select {
+	case <-w.given:
+		return true
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := &s.waiting; *p != nil; p = &(*p).next {
+		if *p == w {
+			*p = w.next
+			return false
+		}
+	}
+	return true // handed the turn as ctx ended: it is ours to give back
+}
+
+// giveTurn hands the turn to the first waiter, or frees it.
+func (s *Source) giveTurn() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w := s.waiting; w != nil {
+		s.waiting = w.next
+		close(w.given)
+		return
+	}
+	s.turn = false
+}
 
 // enter registers work that Close must wait for; it reports false once the
 // Source is closed.
