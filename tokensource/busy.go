@@ -9,11 +9,16 @@ package tokensource
 //
 // Busy is a snapshot: work may start as soon as it returns.
 func (s *Source) Busy() bool {
-	if s == nil || s.turn == nil {
+	if s == nil || s.refresher == nil {
 		return false
 	}
 	if st := s.cur.Load(); st != nil && st.unsaved {
 		return true
 	}
-	return len(s.turn) > 0 || s.background.Load() || s.saving.Load()
+	if s.background.Load() || s.saving.Load() {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.turn
 }

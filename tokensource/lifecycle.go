@@ -162,7 +162,7 @@ func (s *Source) Revoke(ctx context.Context) error {
 	defer s.wg.Done()
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.revokeTimeout)
 	defer cancel()
-	defer context.AfterFunc(s.hard, cancel)()
+	defer s.hard.AfterFunc(cancel)()
 	if !s.takeTurn(rctx) {
 		return fmt.Errorf("tokensource: revoke %q: %w", s.key, s.closedOr(rctx.Err()))
 	}
@@ -265,25 +265,25 @@ func (s *Source) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	s.cancelStop()
+	s.stopped.fire()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	grace := time.NewTimer(s.cfg.closeGrace)
 	select {
 	case <-done:
 	case <-grace.C:
-		s.cancelHard()
+		s.hard.fire()
 		<-done
 	}
 	grace.Stop()
-	s.cancelHard()
+	s.hard.fire()
 
 	var err error
 	// The last save may have to wait for the store's lock, held by another
 	// process: as long as any lock wait, and then as long as any save.
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.lockTimeout+s.cfg.attemptTimeout)
 	defer cancel()
-	s.turn <- struct{}{} // free: everything that took it has returned
+	s.takeTurn(context.Background()) // free: everything that took it has returned
 	if st := s.cur.Load(); st != nil && st.unsaved {
 		_, err = s.lock(ctx)
 		if err == nil {
@@ -295,7 +295,7 @@ func (s *Source) Close() error {
 		}
 	}
 	s.unlock()
-	<-s.turn
+	s.giveTurn()
 	s.replace(&state{ended: ErrClosed})
 	return err
 }

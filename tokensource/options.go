@@ -31,6 +31,9 @@ type config struct {
 	limits    *Limits    // WithLimits; nil for none (limits.go)
 }
 
+// discard is the logger of Sources given none: one for all of them.
+var discard = slog.New(slog.DiscardHandler)
+
 func defaults() config {
 	return config{
 		early:          5 * time.Minute,
@@ -42,7 +45,7 @@ func defaults() config {
 		closeGrace:     10 * time.Second,
 		newBackOff:     DefaultBackOff,
 		retry:          DefaultRetryPolicy,
-		logger:         slog.New(slog.DiscardHandler),
+		logger:         discard,
 		jitter:         rand.Int64N,
 	}
 }

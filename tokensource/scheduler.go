@@ -228,8 +228,7 @@ func (s *Source) refreshScheduled(done func()) bool {
 		defer s.wg.Done()
 		defer done()
 		defer s.background.Store(false)
-		_, err, _ := s.group.Do(flightKey, func() (any, error) { return s.flight(true) })
-		if err != nil {
+		if _, err := s.share(true); err != nil {
 			now := time.Now()
 			s.notBefore.Store(now.Add(s.retryPause(now)).UnixNano())
 		}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/tokenkeep/tokenkeep/internal/tokencodec"
 	"github.com/tokenkeep/tokenkeep/storage"
@@ -24,35 +23,30 @@ import (
 // callers must not modify them.
 type Source struct {
 	refresher Refresher
-	store     storage.Store
-	locker    storage.Locker           // the store's, or nil
-	leaser    storage.LeaseLocker      // the store's, or nil
-	waiter    storage.GenerationWaiter // the store's, or nil
+	store     storage.Store // and its storage.Locker and GenerationWaiter, if it is one
 	key       string
 	cfg       config
 
-	cur   atomic.Pointer[state] // the served state; nil until first use
-	group singleflight.Group    // one refresh at a time
-	seen  atomic.Uint64         // the highest generation loaded or written
+	cur  atomic.Pointer[state] // the served state; nil until first use
+	seen atomic.Uint64         // the highest generation loaded or written
+	held *heldLock             // guarded by the turn: the store's lock, kept while a save is pending
 
+	stopped stopSignal // fired by Close: start nothing new
+	hard    stopSignal // fired by Close once its grace has passed
+
+	mu      sync.Mutex     // guards call, waiting, closed, turn and wg.Add
+	call    *call          // the refresh under way, which callers join; nil when none
+	waiting *turnWaiter    // the operations waiting for the turn, first come first
+	wg      sync.WaitGroup // refreshes, save retries and Puts under way
+	closed  bool           // Close was called
 	// turn is held by the one operation that may write the store: a
 	// refresh, Put, Revoke, a save retry, or Close's last save. It is held
 	// across I/O, but never by a caller whose token is fresh.
-	turn chan struct{}
-	held *heldLock // guarded by turn: the store's lock, kept while a save is pending
-
-	stopped    context.Context    // ended by Close: start nothing new
-	cancelStop context.CancelFunc //
-	hard       context.Context    // ended by Close once its grace has passed
-	cancelHard context.CancelFunc //
-
-	mu     sync.Mutex     // guards closed and wg.Add
-	closed bool           //
-	wg     sync.WaitGroup // refreshes, save retries and Puts under way
+	turn bool
 
 	background atomic.Bool  // a background refresh is running
-	notBefore  atomic.Int64 // no background refresh before this (Unix ns)
 	saving     atomic.Bool  // the save retry loop is running
+	notBefore  atomic.Int64 // no background refresh before this (Unix ns)
 
 	slot slot // guarded by cfg.sched's mu: this Source's place in its Scheduler
 }
@@ -65,8 +59,6 @@ type heldLock struct {
 
 // lost reports whether the lock is known to be lost.
 func (h *heldLock) lost() bool { return h.lease != nil && h.lease.Err() != nil }
-
-const flightKey = "refresh"
 
 // New returns a Source that serves tokens for key from store and renews
 // them through r. It does no I/O: the store is first read by the first call
@@ -92,18 +84,12 @@ func New(r Refresher, store storage.Store, key string, opts ...Option) (*Source,
 			o(&s.cfg)
 		}
 	}
-	s.locker, _ = store.(storage.Locker)
-	s.leaser, _ = store.(storage.LeaseLocker)
-	s.waiter, _ = store.(storage.GenerationWaiter)
-	s.turn = make(chan struct{}, 1)
-	s.stopped, s.cancelStop = context.WithCancel(context.Background())
-	s.hard, s.cancelHard = context.WithCancel(context.Background())
 	return s, nil
 }
 
 // usable reports whether s was made by New; a zero Source is not.
 func (s *Source) usable() error {
-	if s == nil || s.turn == nil {
+	if s == nil || s.refresher == nil {
 		return errors.New("tokensource: Source not made by New")
 	}
 	return nil
@@ -152,13 +138,16 @@ func (s *Source) wait(ctx context.Context) (*oauth2.Token, error) {
 			return nil, err
 		}
 	}
-	ch := s.group.DoChan(flightKey, func() (any, error) { return s.flight(false) })
+	c, first := s.join()
+	if first {
+		go s.run(c, false)
+	}
 	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
+	case <-c.done:
+		if c.err != nil {
+			return nil, c.err
 		}
-		return r.Val.(*oauth2.Token), nil
+		return c.tok, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("tokensource: waiting for refresh of %q: %w", s.key, ctx.Err())
 	}
@@ -199,8 +188,7 @@ func (s *Source) refreshEarly(st *state, now time.Time) {
 	go func() {
 		defer s.wg.Done()
 		defer s.background.Store(false)
-		_, err, _ := s.group.Do(flightKey, func() (any, error) { return s.flight(true) })
-		if err != nil {
+		if _, err := s.share(true); err != nil {
 			// Try again after an eighth of the time left, so that a
 			// provider outage costs a handful of attempts per lifetime.
 			now := time.Now()
@@ -210,17 +198,68 @@ func (s *Source) refreshEarly(st *state, now time.Time) {
 	}()
 }
 
+// call is one refresh, shared by the callers who arrive while it runs,
+// so that a Source runs one at a time. A singleflight.Group would keep the
+// map in which it finds its calls for as long as the Source lives; a
+// Source keeps nothing of a call once it ended.
+type call struct {
+	done chan struct{} // closed once tok and err are set
+	tok  *oauth2.Token
+	err  error
+}
+
+// errAbandoned is what the callers of a refresh are told if it panicked
+// or called runtime.Goexit.
+var errAbandoned = errors.New("tokensource: the refresh ended without a result")
+
+// join returns the refresh under way, or a new one that the caller must
+// start with run (first is then true).
+func (s *Source) join() (c *call, first bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.call != nil {
+		return s.call, false
+	}
+	s.call = &call{done: make(chan struct{})}
+	return s.call, true
+}
+
+// run runs the refresh c, which join returned first, then tells its
+// callers and lets the next refresh start.
+func (s *Source) run(c *call, background bool) {
+	c.err = errAbandoned // unless flight returns
+	defer func() {
+		s.mu.Lock()
+		s.call = nil
+		s.mu.Unlock()
+		close(c.done)
+	}()
+	c.tok, c.err = s.flight(background)
+}
+
+// share joins the refresh under way, or runs one on the calling goroutine,
+// and returns its result.
+func (s *Source) share(background bool) (*oauth2.Token, error) {
+	c, first := s.join()
+	if first {
+		s.run(c, background)
+	} else {
+		<-c.done
+	}
+	return c.tok, c.err
+}
+
 // flight runs one refresh, detached from callers, bounded by the refresh
 // timeout and by Close.
-func (s *Source) flight(background bool) (any, error) {
+func (s *Source) flight(background bool) (*oauth2.Token, error) {
 	if !s.enter() {
 		return nil, ErrClosed
 	}
 	defer s.wg.Done()
 	deadline := time.Now().Add(s.cfg.refreshTimeout)
-	hard, cancelHard := context.WithDeadline(s.hard, deadline)
+	hard, cancelHard := s.hard.withDeadline(deadline)
 	defer cancelHard()
-	soft, cancelSoft := context.WithDeadline(s.stopped, deadline) // Close ends it before hard
+	soft, cancelSoft := s.stopped.withDeadline(deadline) // Close ends it before hard
 	defer cancelSoft()
 
 	if !s.takeTurn(soft) {
@@ -248,22 +287,57 @@ func (s *Source) closedOr(err error) error {
 	return err
 }
 
-// takeTurn waits for the turn until ctx ends.
-func (s *Source) takeTurn(ctx context.Context) bool {
-	select {
-	case s.turn <- struct{}{}:
-		return true
-	default:
-	}
-	select {
-	case s.turn <- struct{}{}:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+// turnWaiter is an operation waiting for the turn.
+type turnWaiter struct {
+	given chan struct{} // closed when the turn is handed to it
+	next  *turnWaiter
 }
 
-func (s *Source) giveTurn() { <-s.turn }
+// takeTurn waits for the turn until ctx ends, and reports whether it took
+// it. The turn goes to waiters in the order they came. A free turn is
+// taken even if ctx has ended.
+func (s *Source) takeTurn(ctx context.Context) bool {
+	s.mu.Lock()
+	if !s.turn {
+		s.turn = true
+		s.mu.Unlock()
+		return true
+	}
+	w := &turnWaiter{given: make(chan struct{})}
+	last := &s.waiting
+	for *last != nil {
+		last = &(*last).next
+	}
+	*last = w
+	s.mu.Unlock()
+
+	select {
+	case <-w.given:
+		return true
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := &s.waiting; *p != nil; p = &(*p).next {
+		if *p == w {
+			*p = w.next
+			return false
+		}
+	}
+	return true // handed the turn as ctx ended: it is ours to give back
+}
+
+// giveTurn hands the turn to the first waiter, or frees it.
+func (s *Source) giveTurn() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w := s.waiting; w != nil {
+		s.waiting = w.next
+		close(w.given)
+		return
+	}
+	s.turn = false
+}
 
 // enter registers work that Close must wait for; it reports false once the
 // Source is closed.
@@ -281,7 +355,8 @@ func (s *Source) enter() bool {
 // waiting no longer than ctx and the lock timeout allow. The caller holds
 // the turn. It returns the lease context of the lock, or nil.
 func (s *Source) lock(ctx context.Context) (context.Context, error) {
-	if s.locker == nil {
+	locker, ok := s.store.(storage.Locker)
+	if !ok {
 		return nil, nil
 	}
 	if s.held != nil && !s.held.lost() {
@@ -296,10 +371,10 @@ func (s *Source) lock(ctx context.Context) (context.Context, error) {
 	defer cancel()
 	h := &heldLock{}
 	var err error
-	if s.leaser != nil {
-		h.lease, h.unlock, err = s.leaser.LockLease(lctx, s.key)
+	if leaser, ok := s.store.(storage.LeaseLocker); ok {
+		h.lease, h.unlock, err = leaser.LockLease(lctx, s.key)
 	} else {
-		h.unlock, err = s.locker.Lock(lctx, s.key)
+		h.unlock, err = locker.Lock(lctx, s.key)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("tokensource: lock %q: %w", s.key, err)
@@ -317,7 +392,8 @@ func (s *Source) lock(ctx context.Context) (context.Context, error) {
 // taking the lock one by one. A failed watch leaves the lock to be waited
 // for.
 func (s *Source) lockOrMoved(ctx context.Context, after uint64) (lease context.Context, moved bool, err error) {
-	if s.waiter == nil || s.locker == nil || s.held != nil {
+	waiter, ok := s.store.(storage.GenerationWaiter)
+	if _, locks := s.store.(storage.Locker); !ok || !locks || s.held != nil {
 		lease, err = s.lock(ctx)
 		return lease, false, err
 	}
@@ -327,7 +403,7 @@ func (s *Source) lockOrMoved(ctx context.Context, after uint64) (lease context.C
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		if gen, err := s.waiter.WaitGeneration(lctx, s.key, after); err == nil && gen != after {
+		if gen, err := waiter.WaitGeneration(lctx, s.key, after); err == nil && gen != after {
 			changed.Store(true)
 			cancel()
 		}
@@ -469,7 +545,7 @@ func (s *Source) Put(ctx context.Context, t *oauth2.Token) error {
 
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.lockTimeout)
 	defer cancel()
-	defer context.AfterFunc(s.stopped, cancel)() // Close saves it instead
+	defer s.stopped.AfterFunc(cancel)() // Close saves it instead
 	if !s.takeTurn(pctx) {
 		s.replace(next)
 		s.keepSaving()

@@ -21,13 +21,14 @@
 // # What sessions cost
 //
 // An open session that nobody uses holds its token, its Source and its
-// place in the scheduler's heap, and no goroutine: about 2.3 KB beyond the
-// token with a Memory store (BenchmarkIdleSessions). However many sessions
-// are open, the Set runs one goroutine (closing idle sessions), the
-// Scheduler one, plus one per refresh under way, which the Scheduler and
-// the Limits bound. A user's client costs about 200 bytes and no
-// connection of its own: every client sends through the Set's one Base
-// transport, so connections to an API are pooled across users.
+// place in the scheduler's heap, and no goroutine: about 810 bytes beyond
+// the token with a Memory store, its client included
+// (BenchmarkIdleSessions). However many sessions are open, the Set runs one
+// goroutine (closing idle sessions), the Scheduler one, plus one per
+// refresh under way, which the Scheduler and the Limits bound. A user's
+// client costs about 180 bytes and no connection of its own: every client
+// sends through the Set's one Base transport, so connections to an API are
+// pooled across users.
 //
 // # Refreshes
 //
