@@ -138,19 +138,33 @@ func (s *Source) wait(ctx context.Context) (*oauth2.Token, error) {
 			return nil, err
 		}
 	}
-	c, first := s.join()
-	if first {
-		go s.run(c, false)
-	}
-	select {
-	case <-c.done:
-		if c.err != nil {
-			return nil, c.err
+	for joined := false; ; joined = true {
+		c, first := s.join()
+		if first {
+			go s.run(c, false)
 		}
-		return c.tok, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("tokensource: waiting for refresh of %q: %w", s.key, ctx.Err())
+		select {
+		case <-c.done:
+			switch {
+			case c.err != nil:
+				return nil, c.err
+			case !first && !joined && s.refused(c.tok):
+				// The refresh joined began before a server refused the
+				// token it ended with (Invalidate): one more is needed.
+				continue
+			}
+			return c.tok, nil
+		case <-ctx.Done():
+			return nil, fmt.Errorf("tokensource: waiting for refresh of %q: %w", s.key, ctx.Err())
+		}
 	}
+}
+
+// refused reports whether t is the token a server refused (Invalidate)
+// since it was served.
+func (s *Source) refused(t *oauth2.Token) bool {
+	st := s.cur.Load()
+	return st != nil && st.rejected != "" && t != nil && st.rejected == t.AccessToken
 }
 
 // waitBackOff waits until the provider's back-off ends at until, or
