@@ -82,19 +82,21 @@ func (r *refresh) run() (*oauth2.Token, error) {
 
 // lockOrAdopt takes the store's lock for the run. While it waits, a record
 // that another process saves meanwhile is adopted without the lock if it
-// can be served as it is, and then done is true. A pending save waits for
-// the lock whatever is stored: memory is newer than the store.
+// can be served as it is, and then done is true. The lock is waited for
+// whatever the store shows when memory holds a save still pending or the
+// session in memory was replaced since the run began (Put, Close): memory
+// decides then, under the lock. An entry that seems gone is looked at
+// again under the lock too, since a writer replaces an unreadable entry by
+// deleting it first.
 func (r *refresh) lockOrAdopt() (t *oauth2.Token, err error, done bool) {
 	s := r.s
 	after := s.seen.Load()
+	confirm := false
 	for {
-		pending := false
-		if st := s.cur.Load(); st != nil && st.unsaved {
-			pending = true
-		}
+		st := s.cur.Load()
 		var lease context.Context
 		var moved bool
-		if pending {
+		if confirm || (st != nil && st.unsaved) || epochOf(st) != epochOf(r.start) {
 			lease, err = s.lock(r.soft)
 		} else {
 			lease, moved, err = s.lockOrMoved(r.soft, after)
@@ -110,15 +112,19 @@ func (r *refresh) lockOrAdopt() (t *oauth2.Token, err error, done bool) {
 		switch {
 		case err != nil:
 			return nil, r.fail(err, nil), true
-		case rec == nil && s.seen.Load() > 0:
-			return nil, r.adoptEnded(nil), true // purged
 		case rec == nil:
-			after = 0
+			confirm = true
 		case rec.State == storage.Ended:
-			return nil, r.adoptEnded(rec), true
+			next := s.fromRecord(rec, epochOf(r.start), time.Now())
+			if s.install(r.start, next) {
+				return nil, next.ended, true
+			}
 		case r.usable(rec):
-			if t, ok := r.adopt(rec); ok {
-				return t, nil, true
+			// Served only if memory did not move on meanwhile and no
+			// server refused the token as it was being adopted.
+			if s.install(r.start, s.stateOf(rec, epochOf(r.start), time.Now())) && !s.refused(rec.Token) {
+				r.report(Adopted, rec.Token, nil)
+				return rec.Token, nil, true
 			}
 			after = rec.Generation
 		default:

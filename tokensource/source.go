@@ -288,9 +288,8 @@ func (s *Source) flight(background bool) (*oauth2.Token, error) {
 		return st.tok, nil // a refresh that ended while this one waited for the turn
 	}
 	r := &refresh{s: s, start: st, background: background, began: time.Now(), soft: soft, hard: hard}
-	tok, err := r.run()
-	s.unlockUnlessPending()
-	return tok, err
+	defer s.unlockUnlessPending() // before the turn is given back, even if the run ends in runtime.Goexit
+	return r.run()
 }
 
 // closedOr returns ErrClosed once Close was called, and err otherwise.

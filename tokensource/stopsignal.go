@@ -54,10 +54,10 @@ func (sig *stopSignal) fire() {
 		sig.mu.Unlock()
 		return
 	}
+	sig.fired.Store(true)
 	if sig.done != nil {
 		close(sig.done)
 	}
-	sig.fired.Store(true) // after closing done: Err is nil until Done is closed
 	var run []func()
 	for a := sig.funcs; a != nil; a = a.next {
 		run = append(run, a.f)
@@ -160,6 +160,10 @@ func (sig *stopSignal) Done() <-chan struct{} {
 // Err implements context.Context: context.Canceled once the signal fired,
 // and nil before.
 func (sig *stopSignal) Err() error {
+	// Under mu, as fire sets fired and closes done: Err is not nil exactly
+	// when Done is closed, as the context package requires of a parent.
+	sig.mu.Lock()
+	defer sig.mu.Unlock()
 	if sig.fired.Load() {
 		return context.Canceled
 	}
