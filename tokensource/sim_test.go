@@ -32,7 +32,10 @@ import (
 //   - every reuse detection is explained by the refresh request that retired
 //     the token, which the provider records with the sender's process id:
 //     that process was killed before the reuse, or the request's answer was
-//     held or slowed past the client's deadline (an in-doubt request);
+//     over before the reuse and was held, slowed or cut, or found its client
+//     gone (an in-doubt request). A kill explains any earlier request of
+//     the process killed: the oracle cannot see whether its answer was
+//     saved before the kill;
 //   - at the end, after a clean Close everywhere, a live stored session
 //     holds the newest refresh token the provider issued for it.
 //
@@ -350,10 +353,13 @@ func runSimulation(t *testing.T, seed uint64, m, steps int) simTotals {
 		tot.reuse++
 		k, wasKilled := killed[pids[r.SpentBy]]
 		switch {
-		case r.SpentSpoiled:
-			tot.byLate++ // the answer was held, slowed or cut: the request was in doubt
+		case r.SpentSpoiled && !r.SpentDone.IsZero() && !r.At.Before(r.SpentDone):
+			tot.byLate++ // the answer was held, slowed or cut, or the client had gone: the request was in doubt
 		case wasKilled && !k.After(r.At):
 			tot.byKill++ // the process that sent the request died with its answer
+		case r.SpentSpoiled:
+			violate("a refresh token was presented again at %v while the request that retired it, from %s, was still being answered: two processes redeemed it at once",
+				r.At.Format(time.StampMilli), r.SpentBy)
 		default:
 			violate("a reuse detection at %v of a refresh token retired at %v by %s, whose answer was sent whole and which was not killed: a rotated refresh token was lost",
 				r.At.Format(time.StampMilli), r.SpentAt.Format(time.StampMilli), r.SpentBy)

@@ -69,10 +69,11 @@ func (h *Hold) Release() { h.releaseOnce.Do(func() { close(h.release) }) }
 
 func (f Fault) replaces() bool { return f.Status != 0 || f.Body != "" || f.Drop }
 
-// spoils reports whether f changes a processed request's answer, so that
-// the client may never get the tokens it issued.
+// spoils reports whether f delays or cuts a processed request's answer, so
+// that the client may never get the tokens it issued. An answer rewritten
+// by Mutate still arrives: what it carries is the client's to keep.
 func (f Fault) spoils() bool {
-	return f.Mutate != nil || f.Truncate > 0 || f.SlowBody > 0 || f.Hold != nil || f.AnswerAfter > 0
+	return f.Truncate > 0 || f.SlowBody > 0 || f.Hold != nil || f.AnswerAfter > 0
 }
 
 // faults holds what is injected, per endpoint.
@@ -141,6 +142,9 @@ func (s *Server) wrap(endpoint string, h http.HandlerFunc) http.HandlerFunc {
 		if !sleep(r, lat+f.Delay) {
 			return // the client went away
 		}
+		sp := &spending{by: r.UserAgent(), spoiled: faulty && f.spoils()}
+		defer s.answered(r, sp)
+		r = r.WithContext(context.WithValue(r.Context(), spendingKey{}, sp))
 		if !faulty {
 			h(w, r)
 			return
@@ -152,9 +156,20 @@ func (s *Server) wrap(endpoint string, h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		rec := httptest.NewRecorder()
-		h(rec, r.WithContext(context.WithValue(r.Context(), spoiledKey{}, f.spoils())))
+		h(rec, r)
 		s.holdAnswer(f)
 		s.spoil(w, r, rec, f)
+	}
+}
+
+// answered notes when the answer to the request that sp describes was
+// over, and that it was lost if the client had gone by then.
+func (s *Server) answered(r *http.Request, sp *spending) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sp.done = s.now()
+	if r.Context().Err() != nil {
+		sp.spoiled = true
 	}
 }
 

@@ -27,15 +27,21 @@ type refreshToken struct {
 	fam     *family
 	retired bool // rotated away; presenting it again is reuse
 	expiry  time.Time
-	spent   spending // with retired: the request that rotated it away
+	spent   *spending // with retired: the request that rotated it away
 }
 
-// spending is a refresh request that the server processed.
+// spending is a request to the token endpoint, as far as a refresh it
+// processed may concern a test: who sent it and what became of its answer.
+// Guarded by the server's mu once the request is processed.
 type spending struct {
 	at      time.Time // when it was processed
 	by      string    // its User-Agent
-	spoiled bool      // its answer was spoiled by an injected fault
+	done    time.Time // when its answer was over (sent, cut or abandoned); zero until then
+	spoiled bool      // its answer was delayed or cut by an injected fault, or the client was gone by its end
 }
+
+// spendingKey is the context key of a request's *spending.
+type spendingKey struct{}
 
 // Reuse is one reuse detection: a retired refresh token presented again.
 // It says which processed request retired the token, so that a test can
@@ -44,7 +50,8 @@ type Reuse struct {
 	At           time.Time // when the retired token was presented again
 	SpentAt      time.Time // when the request that retired it was processed
 	SpentBy      string    // that request's User-Agent
-	SpentSpoiled bool      // that request's answer was spoiled by an injected fault (cut short, slowed, rewritten)
+	SpentDone    time.Time // when that request's answer was over; zero if it was not yet
+	SpentSpoiled bool      // that request's answer was delayed or cut by an injected fault, or its client was gone
 }
 
 // Reuses returns every reuse detection so far, oldest first.
@@ -53,10 +60,6 @@ func (s *Server) Reuses() []Reuse {
 	defer s.mu.Unlock()
 	return slices.Clone(s.reuses)
 }
-
-// spoiledKey marks, in a request's context, a request whose answer an
-// injected fault spoils.
-type spoiledKey struct{}
 
 type accessToken struct {
 	fam     *family
@@ -181,7 +184,11 @@ func (s *Server) refreshGrant(client string, r *http.Request) (map[string]any, *
 		if s.cfg.ReuseDetection {
 			rt.fam.revoked = true
 			s.stats.reuseDetections.Add(1)
-			s.reuses = append(s.reuses, Reuse{At: s.now(), SpentAt: rt.spent.at, SpentBy: rt.spent.by, SpentSpoiled: rt.spent.spoiled})
+			reuse := Reuse{At: s.now()}
+			if sp := rt.spent; sp != nil {
+				reuse.SpentAt, reuse.SpentBy, reuse.SpentDone, reuse.SpentSpoiled = sp.at, sp.by, sp.done, sp.spoiled
+			}
+			s.reuses = append(s.reuses, reuse)
 			return nil, invalidGrant("refresh token reused; session revoked")
 		}
 		return nil, invalidGrant("refresh token already rotated")
@@ -201,8 +208,12 @@ func (s *Server) refreshGrant(client string, r *http.Request) (map[string]any, *
 	s.stats.refreshesGranted.Add(1)
 	if s.cfg.Rotate {
 		rt.retired = true
-		spoiled, _ := r.Context().Value(spoiledKey{}).(bool)
-		rt.spent = spending{at: s.now(), by: r.UserAgent(), spoiled: spoiled}
+		sp, _ := r.Context().Value(spendingKey{}).(*spending)
+		if sp == nil {
+			sp = &spending{by: r.UserAgent()}
+		}
+		sp.at = s.now()
+		rt.spent = sp
 	} else if !s.cfg.OmitRefreshTokenOnRefresh {
 		body["refresh_token"] = value
 	}
