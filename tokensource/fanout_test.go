@@ -27,6 +27,23 @@ func (c *countingLocks) Lock(ctx context.Context, key string) (func() error, err
 	return unlock, err
 }
 
+// lockedStale saves a login of p under "alice" whose access token has
+// expired, and takes the entry's lock as another process refreshing it
+// would. It returns the unlock.
+func lockedStale(t *testing.T, p *rotator, store *storage.Memory) (unlock func() error) {
+	t.Helper()
+	stale := p.login()
+	stale.Expiry = time.Now().Add(-time.Minute)
+	if err := store.Save(context.Background(), "alice", storage.NewRecord(0, stale)); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := store.Lock(context.Background(), "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return unlock
+}
+
 // TestWaitersAdoptWithoutTheLock: Sources waiting for the store's lock
 // while another process holds it learn what that process saves at once,
 // without taking the lock one by one after it: a fresh token is adopted, an
@@ -72,16 +89,7 @@ func TestWaitersAdoptWithoutTheLock(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				p := &rotator{}
 				store := &countingLocks{Memory: storage.NewMemory()}
-				stale := p.login()
-				stale.Expiry = time.Now().Add(-time.Minute)
-				if err := store.Save(context.Background(), "alice", storage.NewRecord(0, stale)); err != nil {
-					t.Fatal(err)
-				}
-				unlock, err := store.Memory.Lock(context.Background(), "alice")
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer unlock()
+				defer lockedStale(t, p, store.Memory)()
 
 				type result struct {
 					tok *oauth2.Token
@@ -135,15 +143,7 @@ func TestWaiterKeepsWaitingForAStaleWrite(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := &rotator{}
 		store := &countingLocks{Memory: storage.NewMemory()}
-		stale := p.login()
-		stale.Expiry = time.Now().Add(-time.Minute)
-		if err := store.Save(context.Background(), "alice", storage.NewRecord(0, stale)); err != nil {
-			t.Fatal(err)
-		}
-		unlock, err := store.Memory.Lock(context.Background(), "alice")
-		if err != nil {
-			t.Fatal(err)
-		}
+		unlock := lockedStale(t, p, store.Memory)
 		src := newLedgerSource(t, p, store, "alice")
 		done := make(chan error, 1)
 		go func() {
@@ -183,15 +183,7 @@ func TestWaiterDefersToAPut(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				p := &rotator{}
 				store := storage.NewMemory()
-				stale := p.login()
-				stale.Expiry = time.Now().Add(-time.Minute)
-				if err := store.Save(context.Background(), "alice", storage.NewRecord(0, stale)); err != nil {
-					t.Fatal(err)
-				}
-				unlock, err := store.Lock(context.Background(), "alice")
-				if err != nil {
-					t.Fatal(err)
-				}
+				unlock := lockedStale(t, p, store)
 				src := newLedgerSource(t, p, store, "alice")
 				got := make(chan *oauth2.Token, 1)
 				go func() {
@@ -239,15 +231,7 @@ func TestWaiterConfirmsAPurgeUnderTheLock(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := &rotator{}
 		store := storage.NewMemory()
-		stale := p.login()
-		stale.Expiry = time.Now().Add(-time.Minute)
-		if err := store.Save(context.Background(), "alice", storage.NewRecord(0, stale)); err != nil {
-			t.Fatal(err)
-		}
-		unlock, err := store.Lock(context.Background(), "alice")
-		if err != nil {
-			t.Fatal(err)
-		}
+		unlock := lockedStale(t, p, store)
 		src := newLedgerSource(t, p, store, "alice")
 		done := make(chan error, 1)
 		go func() {
