@@ -43,15 +43,37 @@ type spending struct {
 // spendingKey is the context key of a request's *spending.
 type spendingKey struct{}
 
+// Spend describes the processed request that retired a refresh token, so
+// that a test can tell why its answer never reached whoever holds the
+// token.
+type Spend struct {
+	At   time.Time // when the request was processed
+	By   string    // its User-Agent
+	Done time.Time // when its answer was over; zero if it is not yet
+	Lost bool      // its answer was delayed or cut by an injected fault, or its client was gone by the end
+}
+
 // Reuse is one reuse detection: a retired refresh token presented again.
-// It says which processed request retired the token, so that a test can
-// tell why its answer never reached whoever presented the token again.
 type Reuse struct {
-	At           time.Time // when the retired token was presented again
-	SpentAt      time.Time // when the request that retired it was processed
-	SpentBy      string    // that request's User-Agent
-	SpentDone    time.Time // when that request's answer was over; zero if it was not yet
-	SpentSpoiled bool      // that request's answer was delayed or cut by an injected fault, or its client was gone
+	At    time.Time // when the retired token was presented again
+	Spent Spend     // the request that retired it
+}
+
+// Retirement returns the request that retired refresh token rt; ok is
+// false when rt is not a retired refresh token of this server.
+func (s *Server) Retirement(rt string) (spent Spend, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, found := s.refresh[rt]
+	if !found || !t.retired || t.spent == nil {
+		return Spend{}, false
+	}
+	return t.spent.public(), true
+}
+
+// public returns what a test may know of sp. The server's mu is held.
+func (sp *spending) public() Spend {
+	return Spend{At: sp.at, By: sp.by, Done: sp.done, Lost: sp.spoiled}
 }
 
 // Reuses returns every reuse detection so far, oldest first.
@@ -185,8 +207,8 @@ func (s *Server) refreshGrant(client string, r *http.Request) (map[string]any, *
 			rt.fam.revoked = true
 			s.stats.reuseDetections.Add(1)
 			reuse := Reuse{At: s.now()}
-			if sp := rt.spent; sp != nil {
-				reuse.SpentAt, reuse.SpentBy, reuse.SpentDone, reuse.SpentSpoiled = sp.at, sp.by, sp.done, sp.spoiled
+			if rt.spent != nil {
+				reuse.Spent = rt.spent.public()
 			}
 			s.reuses = append(s.reuses, reuse)
 			return nil, invalidGrant("refresh token reused; session revoked")
