@@ -99,7 +99,11 @@ func TestSaveThenLock(t *testing.T) {
 			}
 			saved := make(chan error)
 			go func() { saved <- st.s.Save(ctx, "e", NewRecord(0, sessionToken(1))) }()
-			<-inWrite // the save holds the lock file
+			select {
+			case <-inWrite: // the save holds the lock file
+			case err := <-saved:
+				t.Fatalf("the save returned before it wrote: %v", err)
+			}
 			locked := make(chan error)
 			var unlock func() error
 			go func() {
