@@ -33,7 +33,8 @@ import (
 //     the token, which the provider records with the sender's process id:
 //     that process was killed before the reuse, or the request's answer was
 //     over before the reuse and was held, slowed or cut, or found its client
-//     gone (an in-doubt request). A kill explains any earlier request of
+//     gone (an in-doubt request), or that process's Close reported the token
+//     lost because the store kept failing, as the schedule made it. A kill explains any earlier request of
 //     the process killed: the oracle cannot see whether its answer was
 //     saved before the kill;
 //   - at the end, after a clean Close everywhere, a live stored session
@@ -75,7 +76,8 @@ func TestSimulation(t *testing.T) {
 // simTotals counts what a schedule did.
 type simTotals struct {
 	schedules, processes, ops, faults, kills int
-	reuse, byKill, byLate, violations        int
+	reuse, byKill, byLate, byReported        int
+	violations                               int
 	grants                                   int64
 }
 
@@ -88,13 +90,14 @@ func (a *simTotals) add(b simTotals) {
 	a.reuse += b.reuse
 	a.byKill += b.byKill
 	a.byLate += b.byLate
+	a.byReported += b.byReported
 	a.violations += b.violations
 	a.grants += b.grants
 }
 
 func (a simTotals) String() string {
-	return fmt.Sprintf("%d schedules, %d processes, %d operations, %d faults injected, %d kills, %d refresh grants, %d reuse detections (%d by a kill of the process whose request retired the token, %d by an answer held past the client's deadline), %d invariant violations",
-		a.schedules, a.processes, a.ops, a.faults, a.kills, a.grants, a.reuse, a.byKill, a.byLate, a.violations)
+	return fmt.Sprintf("%d schedules, %d processes, %d operations, %d faults injected, %d kills, %d refresh grants, %d reuse detections (%d by a kill of the process whose request retired the token, %d by its answer lost in doubt, %d by its Close reporting the token lost while the store failed), %d invariant violations",
+		a.schedules, a.processes, a.ops, a.faults, a.kills, a.grants, a.reuse, a.byKill, a.byLate, a.byReported, a.violations)
 }
 
 // simProc is one simulation child, as the parent sees it.
@@ -204,6 +207,7 @@ func runSimulation(t *testing.T, seed uint64, m, steps int) simTotals {
 		answers  = map[string]int{}
 		examples = map[string]string{} // an answer's detail, per kind of answer
 		killed   = map[int]time.Time{} // when each killed process was killed, by pid
+		gaveUp   = map[int]time.Time{} // when a process's Close last reported a token lost (its store failing), by pid
 		gen      uint64
 		failures []string
 	)
@@ -278,6 +282,7 @@ func runSimulation(t *testing.T, seed uint64, m, steps int) simTotals {
 			mu.Lock()
 			wasEnded, sentEpoch, putsAtSend := ended, epoch, puts
 			mu.Unlock()
+			pid := p.cmd.Process.Pid
 			ch := p.send(id, op)
 			wg.Add(1)
 			go func() {
@@ -300,6 +305,13 @@ func runSimulation(t *testing.T, seed uint64, m, steps int) simTotals {
 					unsaved[pi]++
 				case verb == "put":
 					puts--
+				case verb == "reopen" && word == "lost":
+					// Close could not save the newest token: the store was
+					// failing as the schedule asked. A reported loss, which
+					// explains a later reuse of the token it replaced.
+					gaveUp[pid] = time.Now()
+					puts -= unsaved[pi]
+					unsaved[pi] = 0
 				case verb == "reopen" && word == proctest.Closed, word == "dead":
 					puts -= unsaved[pi] // saved by Close, or gone with the process
 					unsaved[pi] = 0
@@ -349,17 +361,24 @@ func runSimulation(t *testing.T, seed uint64, m, steps int) simTotals {
 	for pid := range killed {
 		pids[proctest.SimUserAgent(pid)] = pid
 	}
+	for pid := range gaveUp {
+		pids[proctest.SimUserAgent(pid)] = pid
+	}
 	// explained reports why the answer to sp never reached a process that
 	// kept it, by the time at: "late" for an answer lost in doubt and over
-	// by then, "kill" for a sender killed by then, "" when nothing explains
+	// by then, "kill" for a sender killed by then, "reported" for a sender
+	// whose Close reported a token lost by then, "" when nothing explains
 	// it.
 	explained := func(sp authserver.Spend, at time.Time) string {
 		k, wasKilled := killed[pids[sp.By]]
+		g, reported := gaveUp[pids[sp.By]]
 		switch {
 		case sp.Lost && !sp.Done.IsZero() && !at.Before(sp.Done):
 			return "late" // held, slowed or cut, or the client had gone: the request was in doubt
 		case wasKilled && !k.After(at):
 			return "kill" // the process that sent the request died with its answer
+		case reported && !g.After(at) && !g.Before(sp.At):
+			return "reported" // its store failed until Close, which said the token was lost
 		}
 		return ""
 	}
@@ -370,13 +389,15 @@ func runSimulation(t *testing.T, seed uint64, m, steps int) simTotals {
 			tot.byLate++
 		case "kill":
 			tot.byKill++
+		case "reported":
+			tot.byReported++
 		default:
 			if r.Spent.Lost {
 				violate("a refresh token was presented again at %v while the request that retired it, from %s, was still being answered: two processes redeemed it at once",
 					r.At.Format(time.StampMilli), r.Spent.By)
 				continue
 			}
-			violate("a reuse detection at %v of a refresh token retired at %v by %s, whose answer was sent whole and which was not killed: a rotated refresh token was lost",
+			violate("a reuse detection at %v of a refresh token retired at %v by %s, whose answer was sent whole, which was not killed and reported no loss: a rotated refresh token was lost",
 				r.At.Format(time.StampMilli), r.Spent.At.Format(time.StampMilli), r.Spent.By)
 		}
 	}
@@ -388,7 +409,7 @@ func runSimulation(t *testing.T, seed uint64, m, steps int) simTotals {
 			if why := explained(sp, time.Now()); why != "" {
 				t.Logf("the stored refresh token was rotated away by %s, whose answer was lost (%s): the session will end at its next refresh", sp.By, why)
 			} else {
-				violate("the stored refresh token was rotated away by %s at %v, whose answer was sent whole and which was not killed: a newer one the provider issued was lost",
+				violate("the stored refresh token was rotated away by %s at %v, whose answer was sent whole, which was not killed and reported no loss: a newer one the provider issued was lost",
 					sp.By, sp.At.Format(time.StampMilli))
 			}
 		}
