@@ -43,8 +43,13 @@ func (r *ConfigRefresher) MarshalText() ([]byte, error) { return []byte(r.String
 // LogValue implements slog.LogValuer: the fields, with Err as its message,
 // never the fields of the error behind it.
 func (e Event) LogValue() slog.Value {
+	return slog.GroupValue(append([]slog.Attr{slog.String("kind", e.Kind.String())}, e.attrs()...)...)
+}
+
+// attrs returns e's fields but its kind, as a Source logs them: Err as its
+// message only, expiries only when known.
+func (e Event) attrs() []slog.Attr {
 	attrs := []slog.Attr{
-		slog.String("kind", e.Kind.String()),
 		slog.String("key", e.Key),
 		slog.Bool("background", e.Background),
 		slog.Int("attempts", e.Attempts),
@@ -59,5 +64,5 @@ func (e Event) LogValue() slog.Value {
 	if e.Err != nil {
 		attrs = append(attrs, slog.String("error", e.Err.Error()))
 	}
-	return slog.GroupValue(attrs...)
+	return attrs
 }

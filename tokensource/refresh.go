@@ -646,22 +646,7 @@ func (s *Source) event(ev Event) {
 	case ev.Kind == Failed, ev.Kind == InDoubt:
 		level = slog.LevelWarn
 	}
-	attrs := []slog.Attr{
-		slog.String("key", s.key),
-		slog.Bool("background", ev.Background),
-		slog.Int("attempts", ev.Attempts),
-		slog.Duration("duration", ev.Duration),
-	}
-	if !ev.OldExpiry.IsZero() {
-		attrs = append(attrs, slog.Time("old_expiry", ev.OldExpiry))
-	}
-	if !ev.NewExpiry.IsZero() {
-		attrs = append(attrs, slog.Time("new_expiry", ev.NewExpiry))
-	}
-	if ev.Err != nil {
-		attrs = append(attrs, slog.String("error", ev.Err.Error()))
-	}
-	s.cfg.logger.LogAttrs(context.Background(), level, "tokensource: "+ev.Kind.String(), attrs...)
+	s.cfg.logger.LogAttrs(context.Background(), level, "tokensource: "+ev.Kind.String(), ev.attrs()...)
 	if s.cfg.hook != nil {
 		s.cfg.hook(ev)
 	}
