@@ -11,15 +11,15 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+
+	"github.com/tokenkeep/tokenkeep/internal/pipenet"
 )
 
-// pipeNet is an in-memory network for net/http inside a synctest bubble: a
-// Transport dialling it reaches an http.Server serving it, over net.Pipe,
-// so that time is fake and every wait is durably blocking.
+// pipeNet is the in-memory network of pipenet, for net/http inside a
+// synctest bubble, with dials counted, a hook to fail them, and client
+// connections that can be made to fail.
 type pipeNet struct {
-	conns  chan net.Conn
-	closed chan struct{}
-	once   sync.Once
+	*pipenet.Listener
 
 	dials atomic.Int32
 	// dial, if set, is called for each dial; a non-nil error fails it.
@@ -30,41 +30,21 @@ type pipeNet struct {
 }
 
 func newPipeNet() *pipeNet {
-	return &pipeNet{conns: make(chan net.Conn), closed: make(chan struct{})}
+	return &pipeNet{Listener: pipenet.Listen("127.0.0.1:80")}
 }
 
-func (n *pipeNet) Accept() (net.Conn, error) {
-	select {
-	case c := <-n.conns:
-		return c, nil
-	case <-n.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (n *pipeNet) Close() error {
-	n.once.Do(func() { close(n.closed) })
-	return nil
-}
-
-func (n *pipeNet) Addr() net.Addr { return pipeAddr{} }
-
-func (n *pipeNet) DialContext(ctx context.Context, _, _ string) (net.Conn, error) {
+func (n *pipeNet) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	n.dials.Add(1)
 	if n.dial != nil {
 		if err := n.dial(ctx); err != nil {
 			return nil, err
 		}
 	}
-	cli, srv := net.Pipe()
-	select {
-	case n.conns <- srv:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-n.closed:
-		return nil, net.ErrClosed
+	c, err := n.Listener.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, err
 	}
-	fc := &faultyConn{Conn: cli}
+	fc := &faultyConn{Conn: c}
 	n.mu.Lock()
 	n.clients = append(n.clients, fc)
 	n.mu.Unlock()
@@ -77,11 +57,6 @@ func (n *pipeNet) client(i int) *faultyConn {
 	defer n.mu.Unlock()
 	return n.clients[i]
 }
-
-type pipeAddr struct{}
-
-func (pipeAddr) Network() string { return "pipe" }
-func (pipeAddr) String() string  { return "127.0.0.1:80" }
 
 // faultyConn is a client connection that can be made to fail as a TCP
 // connection whose other end went away does.
