@@ -107,52 +107,54 @@ func TestDeviceFlowOAuth2(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			// A tiny server-side interval: x/oauth2 polls every second and
-			// must never be told to slow down.
-			srv := newServer(t, Config{DeviceInterval: time.Millisecond})
-			ctx, cfg := clientCtx(t, srv), srv.PublicConfig("read")
-			ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-			defer cancel()
-			da, err := cfg.DeviceAuth(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tc.decide != nil {
-				if err := tc.decide(srv, da.UserCode); err != nil {
+			// must never be told to slow down. In the bubble its seconds
+			// pass at once.
+			inBubble(t, Config{DeviceInterval: time.Millisecond}, func(t *testing.T, srv *Server) {
+				ctx, cfg := clientCtx(t, srv), srv.PublicConfig("read")
+				ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+				defer cancel()
+				da, err := cfg.DeviceAuth(ctx)
+				if err != nil {
 					t.Fatal(err)
 				}
-			} else {
-				go func() {
-					for srv.Stats().DeviceGrants < 1 && ctx.Err() == nil {
-						time.Sleep(10 * time.Millisecond)
+				if tc.decide != nil {
+					if err := tc.decide(srv, da.UserCode); err != nil {
+						t.Fatal(err)
 					}
-					srv.ApproveDevice(da.UserCode)
-				}()
-			}
-			tok, err := cfg.DeviceAccessToken(ctx, da)
-			if tc.wantErr != "" {
-				wantRetrieveErr(t, err, tc.wantErr, http.StatusBadRequest)
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkTokenShape(t, tok, true)
-			if tok.Extra("scope") != "read" {
-				t.Errorf("scope %v", tok.Extra("scope"))
-			}
-			if !srv.RefreshTokenActive(tok.RefreshToken) || !srv.AccessTokenActive(tok.AccessToken) {
-				t.Error("device tokens not active")
-			}
-			if _, err := refresh(ctx, cfg, tok.RefreshToken); err != nil {
-				t.Errorf("refreshing the device token as the public client: %v", err)
-			}
-			want := int64(1)
-			if tc.decide == nil {
-				want = 2
-			}
-			if st := srv.Stats(); st.DeviceGrants != want {
-				t.Errorf("DeviceGrants %d, want %d", st.DeviceGrants, want)
-			}
+				} else {
+					go func() {
+						for srv.Stats().DeviceGrants < 1 && ctx.Err() == nil {
+							time.Sleep(10 * time.Millisecond)
+						}
+						srv.ApproveDevice(da.UserCode)
+					}()
+				}
+				tok, err := cfg.DeviceAccessToken(ctx, da)
+				if tc.wantErr != "" {
+					wantRetrieveErr(t, err, tc.wantErr, http.StatusBadRequest)
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkTokenShape(t, tok, true)
+				if tok.Extra("scope") != "read" {
+					t.Errorf("scope %v", tok.Extra("scope"))
+				}
+				if !srv.RefreshTokenActive(tok.RefreshToken) || !srv.AccessTokenActive(tok.AccessToken) {
+					t.Error("device tokens not active")
+				}
+				if _, err := refresh(ctx, cfg, tok.RefreshToken); err != nil {
+					t.Errorf("refreshing the device token as the public client: %v", err)
+				}
+				want := int64(1)
+				if tc.decide == nil {
+					want = 2
+				}
+				if st := srv.Stats(); st.DeviceGrants != want {
+					t.Errorf("DeviceGrants %d, want %d", st.DeviceGrants, want)
+				}
+			})
 		})
 	}
 }

@@ -263,28 +263,28 @@ func TestFaultDrop(t *testing.T) {
 }
 
 func TestFaultDelay(t *testing.T) {
-	const delay = 200 * time.Millisecond
-	srv := newServer(t, Config{})
+	inBubble(t, Config{}, func(t *testing.T, srv *Server) {
+		const delay = 200 * time.Millisecond
 
-	// Delay alone: a normal answer, late.
-	srv.Inject(EndpointToken, Fault{Delay: delay})
-	start := time.Now()
-	r := probe(t, srv)
-	if el := time.Since(start); el < delay {
-		t.Errorf("answered after %v, want at least %v", el, delay)
-	}
-	if r.status != 200 || srv.Stats().ClientCredentialsGrants != 1 {
-		t.Fatalf("got %d %s", r.status, r.body)
-	}
+		// Delay alone: a normal answer, late.
+		srv.Inject(EndpointToken, Fault{Delay: delay})
+		start := time.Now()
+		r := probe(t, srv)
+		if el := time.Since(start); el != delay {
+			t.Errorf("answered after %v, want %v", el, delay)
+		}
+		if r.status != 200 || srv.Stats().ClientCredentialsGrants != 1 {
+			t.Fatalf("got %d %s", r.status, r.body)
+		}
 
-	// Delay with a replacing status.
-	srv.Inject(EndpointToken, Fault{Delay: delay, Status: 504})
-	start = time.Now()
-	r = probe(t, srv)
-	if el := time.Since(start); el < delay || r.status != 504 {
-		t.Errorf("got %d after %v", r.status, el)
-	}
-
+		// Delay with a replacing status.
+		srv.Inject(EndpointToken, Fault{Delay: delay, Status: 504})
+		start = time.Now()
+		r = probe(t, srv)
+		if el := time.Since(start); el != delay || r.status != 504 {
+			t.Errorf("got %d after %v", r.status, el)
+		}
+	})
 }
 
 // A client that gives up while the server waits leaves the request
@@ -305,76 +305,83 @@ func TestFaultDelayAbandoned(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := newServer(t, Config{TLS: tc.tls})
-			tok := srv.Mint()
-			ep, form := EndpointToken, ccForm
-			if tc.revoke {
-				ep, form = EndpointRevoke, url.Values{"token": {tok.RefreshToken}}
-			}
-			if tc.latency {
-				srv.SetLatency(ep, wait)
-			} else {
-				srv.Inject(ep, Fault{Delay: wait})
-			}
-			c := srv.Client()
-			c.Timeout = wait / 8
-			if r := postWith(t, c, srv, ep, form, confidential); r.err == nil {
-				t.Fatalf("request answered %d before the client's timeout", r.status)
-			}
-			time.Sleep(wait + 200*time.Millisecond) // past the wait, had the server ignored the client
-			st := srv.Stats()
-			if st.ClientCredentialsGrants != 0 || st.Revocations != 0 || !srv.RefreshTokenActive(tok.RefreshToken) {
-				t.Errorf("an abandoned request was processed: %+v", st)
-			}
-			if st.FaultsInjected != 0 {
-				t.Errorf("FaultsInjected %d for an abandoned request", st.FaultsInjected)
-			}
+			inBubble(t, Config{TLS: tc.tls}, func(t *testing.T, srv *Server) {
+				tok := srv.Mint()
+				ep, form := EndpointToken, ccForm
+				if tc.revoke {
+					ep, form = EndpointRevoke, url.Values{"token": {tok.RefreshToken}}
+				}
+				if tc.latency {
+					srv.SetLatency(ep, wait)
+				} else {
+					srv.Inject(ep, Fault{Delay: wait})
+				}
+				c := srv.Client()
+				c.Timeout = wait / 8
+				start := time.Now()
+				if r := postWith(t, c, srv, ep, form, confidential); r.err == nil {
+					t.Fatalf("request answered %d before the client's timeout", r.status)
+				}
+				if el := time.Since(start); el != wait/8 {
+					t.Errorf("the client gave up after %v, want %v", el, wait/8)
+				}
+				time.Sleep(2 * wait) // past the wait, had the server ignored the client
+				st := srv.Stats()
+				if st.ClientCredentialsGrants != 0 || st.Revocations != 0 || !srv.RefreshTokenActive(tok.RefreshToken) {
+					t.Errorf("an abandoned request was processed: %+v", st)
+				}
+				if st.FaultsInjected != 0 {
+					t.Errorf("FaultsInjected %d for an abandoned request", st.FaultsInjected)
+				}
+			})
 		})
 	}
 }
 
 func TestFaultSlowBody(t *testing.T) {
-	const slow = time.Second
-	srv := newServer(t, Config{Rotate: true})
+	inBubble(t, Config{Rotate: true}, func(t *testing.T, srv *Server) {
+		const slow = time.Second
+		srv.Inject(EndpointToken, Fault{SlowBody: slow})
+		start := time.Now()
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL()+EndpointToken, strings.NewReader(ccForm.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.SetBasicAuth(ClientID, ClientSecret)
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		headers := time.Since(start)
+		body := readAll(t, resp)
+		resp.Body.Close()
+		total := time.Since(start)
+		if headers != 0 {
+			t.Errorf("headers took %v; only the body should be slow", headers)
+		}
+		// One byte at a time, a pause after each: the last byte comes one
+		// pause short of slow.
+		if step := slow / time.Duration(len(body)); total != slow-step-slow%time.Duration(len(body)) {
+			t.Errorf("body took %v, want %v less one pause of %v", total, slow, step)
+		}
+		r := reply{status: resp.StatusCode, body: body}
+		if at, _ := r.json(t)["access_token"].(string); resp.StatusCode != 200 || !strings.HasPrefix(at, "tkat_") {
+			t.Fatalf("slow answer %d %s", resp.StatusCode, body)
+		}
+		if resp.ContentLength != int64(len(body)) {
+			t.Errorf("Content-Length %d for %d bytes", resp.ContentLength, len(body))
+		}
 
-	srv.Inject(EndpointToken, Fault{SlowBody: slow})
-	start := time.Now()
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL()+EndpointToken, strings.NewReader(ccForm.Encode()))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.SetBasicAuth(ClientID, ClientSecret)
-	resp, err := srv.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	headers := time.Since(start)
-	body := readAll(t, resp)
-	resp.Body.Close()
-	total := time.Since(start)
-	if headers > slow*7/10 {
-		t.Errorf("headers took %v; only the body should be slow", headers)
-	}
-	if total < slow*9/10 {
-		t.Errorf("body took %v, want about %v", total, slow)
-	}
-	r := reply{status: resp.StatusCode, body: body}
-	if at, _ := r.json(t)["access_token"].(string); resp.StatusCode != 200 || !strings.HasPrefix(at, "tkat_") {
-		t.Fatalf("slow answer %d %s", resp.StatusCode, body)
-	}
-	if resp.ContentLength != int64(len(body)) {
-		t.Errorf("Content-Length %d for %d bytes", resp.ContentLength, len(body))
-	}
-
-	// A client that gives up half way: the grant has taken effect anyway.
-	tok := srv.Mint()
-	srv.Inject(EndpointToken, Fault{SlowBody: slow})
-	ctx, cancel := context.WithTimeout(clientCtx(t, srv), slow/3)
-	defer cancel()
-	if _, err := refresh(ctx, srv.OAuth2Config(), tok.RefreshToken); err == nil {
-		t.Fatal("refresh finished before the client's deadline")
-	}
-	if srv.RefreshTokenActive(tok.RefreshToken) {
-		t.Fatal("the grant behind a SlowBody fault did not take effect")
-	}
+		// A client that gives up half way: the grant has taken effect anyway.
+		tok := srv.Mint()
+		srv.Inject(EndpointToken, Fault{SlowBody: slow})
+		ctx, cancel := context.WithTimeout(clientCtx(t, srv), slow/3)
+		defer cancel()
+		if _, err := refresh(ctx, srv.OAuth2Config(), tok.RefreshToken); err == nil {
+			t.Fatal("refresh finished before the client's deadline")
+		}
+		if srv.RefreshTokenActive(tok.RefreshToken) {
+			t.Fatal("the grant behind a SlowBody fault did not take effect")
+		}
+	})
 }
 
 func TestFaultRetryAfterOnNormalAnswer(t *testing.T) {
@@ -514,40 +521,39 @@ func TestSetFailRate(t *testing.T) {
 }
 
 func TestSetLatency(t *testing.T) {
-	const lat = 150 * time.Millisecond
-	srv := newServer(t, Config{})
-	at := srv.Mint().AccessToken
-	srv.SetLatency(EndpointResource, lat)
+	inBubble(t, Config{}, func(t *testing.T, srv *Server) {
+		const lat = 150 * time.Millisecond
+		at := srv.Mint().AccessToken
+		srv.SetLatency(EndpointResource, lat)
 
-	timed := func(f func() reply) (time.Duration, reply) {
-		start := time.Now()
-		r := f()
-		return time.Since(start), r
-	}
-	el, r := timed(func() reply { return get(t, srv.Client(), srv.ResourceURL(), at) })
-	if el < lat || r.status != 200 {
-		t.Errorf("resource with latency: %d after %v", r.status, el)
-	}
-	// Latency adds to a fault's delay.
-	srv.Inject(EndpointResource, Fault{Delay: lat})
-	if el, _ := timed(func() reply { return get(t, srv.Client(), srv.ResourceURL(), at) }); el < 2*lat {
-		t.Errorf("latency plus delay took %v, want at least %v", el, 2*lat)
-	}
-	// Other endpoints are unaffected. A long latency keeps the bound
-	// below safe on a loaded machine.
-	const long = 5 * time.Second
-	srv.SetLatency(EndpointResource, long)
-	if el, _ := timed(func() reply { return probe(t, srv) }); el >= long/2 {
-		t.Errorf("token endpoint took %v", el)
-	}
-	srv.SetLatency(EndpointResource, 0)
-	if el, _ := timed(func() reply { return get(t, srv.Client(), srv.ResourceURL(), at) }); el >= long/2 {
-		t.Errorf("latency 0 still took %v", el)
-	}
-	// Latency is not a fault.
-	if st := srv.Stats(); st.FaultsInjected != 1 {
-		t.Errorf("FaultsInjected %d, want 1", st.FaultsInjected)
-	}
+		timed := func(f func() reply) (time.Duration, reply) {
+			start := time.Now()
+			r := f()
+			return time.Since(start), r
+		}
+		resource := func() reply { return get(t, srv.Client(), srv.ResourceURL(), at) }
+		if el, r := timed(resource); el != lat || r.status != 200 {
+			t.Errorf("resource with latency: %d after %v, want 200 after %v", r.status, el, lat)
+		}
+		// Latency adds to a fault's delay.
+		srv.Inject(EndpointResource, Fault{Delay: lat})
+		if el, _ := timed(resource); el != 2*lat {
+			t.Errorf("latency plus delay took %v, want %v", el, 2*lat)
+		}
+		// Other endpoints are unaffected.
+		srv.SetLatency(EndpointResource, time.Hour)
+		if el, _ := timed(func() reply { return probe(t, srv) }); el != 0 {
+			t.Errorf("token endpoint took %v", el)
+		}
+		srv.SetLatency(EndpointResource, 0)
+		if el, _ := timed(resource); el != 0 {
+			t.Errorf("latency 0 still took %v", el)
+		}
+		// Latency is not a fault.
+		if st := srv.Stats(); st.FaultsInjected != 1 {
+			t.Errorf("FaultsInjected %d, want 1", st.FaultsInjected)
+		}
+	})
 }
 
 func TestStats(t *testing.T) {

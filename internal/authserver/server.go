@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+
+	"github.com/tokenkeep/tokenkeep/internal/pipenet"
 )
 
 // Registered clients.
@@ -52,6 +54,12 @@ type Config struct {
 	Now        func() time.Time // the server's clock; nil means time.Now
 	TLS        bool             // serve HTTPS; Client trusts the certificate
 	Subject    string           // the user the authorize endpoint logs in; default "alice"
+
+	// InMemory serves over an in-memory network (package pipenet) rather
+	// than a loopback port: only Client reaches the server. A test in a
+	// testing/synctest bubble that starts such a server there sees every
+	// delay, timeout and abandoned request on the bubble's clock.
+	InMemory bool
 
 	// ReuseDetection makes a retired refresh token, presented again, revoke
 	// its whole family: every token descended from the same login.
@@ -92,7 +100,8 @@ type Server struct {
 	closeOnce sync.Once
 }
 
-// New starts a server on a loopback port. Close stops it.
+// New starts a server on a loopback port, or in memory if cfg.InMemory.
+// Close stops it.
 func New(cfg Config) *Server {
 	if cfg.AccessTTL == 0 {
 		cfg.AccessTTL = time.Hour
@@ -130,10 +139,20 @@ func New(cfg Config) *Server {
 	mux.HandleFunc(EndpointResource, s.wrap(EndpointResource, s.resource))
 	mux.HandleFunc(EndpointResource+"/admin", s.wrap(EndpointResource, s.resource))
 	mux.HandleFunc(EndpointUserinfo, s.wrap(EndpointUserinfo, s.userinfo))
+	s.hs = httptest.NewUnstartedServer(mux)
+	var pipe *pipenet.Listener
+	if cfg.InMemory {
+		s.hs.Listener.Close()
+		pipe = pipenet.Listen("127.0.0.1:80")
+		s.hs.Listener = pipe
+	}
 	if cfg.TLS {
-		s.hs = httptest.NewTLSServer(mux)
+		s.hs.StartTLS()
 	} else {
-		s.hs = httptest.NewServer(mux)
+		s.hs.Start()
+	}
+	if pipe != nil {
+		s.hs.Client().Transport.(*http.Transport).DialContext = pipe.DialContext
 	}
 	return s
 }
@@ -148,8 +167,8 @@ func (s *Server) Close() {
 // URL returns the server's base URL.
 func (s *Server) URL() string { return s.hs.URL }
 
-// Client returns an HTTP client that trusts the server's certificate. Each
-// call returns a new client sharing one transport.
+// Client returns the HTTP client that reaches the server and trusts its
+// certificate. Every call returns the same client.
 func (s *Server) Client() *http.Client { return s.hs.Client() }
 
 // Endpoint returns the server's endpoints for x/oauth2. Clients

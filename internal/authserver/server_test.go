@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -46,6 +47,17 @@ func newServer(t testing.TB, cfg Config) *Server {
 	srv := New(cfg)
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// inBubble runs f in a synctest bubble with a server started there, in
+// memory: delays, timeouts and abandoned requests happen on the bubble's
+// clock, exactly, however loaded the machine is.
+func inBubble(t *testing.T, cfg Config, f func(t *testing.T, srv *Server)) {
+	t.Helper()
+	synctest.Test(t, func(t *testing.T) {
+		cfg.InMemory = true
+		f(t, newServer(t, cfg))
+	})
 }
 
 // clientCtx is a context whose x/oauth2 calls go through srv's client.
@@ -246,65 +258,66 @@ func TestLogin(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := newServer(t, tc.cfg)
-			cfg := srv.OAuth2Config(tc.scopes...)
-			wantClient := ClientID
-			if tc.public {
-				cfg = srv.PublicConfig(tc.scopes...)
-				wantClient = PublicClientID
-			}
-			if tc.inParams {
-				cfg.Endpoint.AuthStyle = oauth2.AuthStyleInParams
-			}
-			if tc.cfg.TLS && !strings.HasPrefix(srv.URL(), "https://") {
-				t.Fatalf("TLS server URL %q", srv.URL())
-			}
-			before := time.Now()
-			tok, err := srv.Login(t.Context(), cfg, nil)
-			if err != nil {
-				t.Fatalf("Login: %v", err)
-			}
-			checkTokenShape(t, tok, true)
-			if ttl := tok.Expiry.Sub(before); ttl < tc.wantTTL-5*time.Second || ttl > tc.wantTTL+5*time.Second {
-				t.Errorf("expiry in %v, want about %v", ttl, tc.wantTTL)
-			}
-			if got, want := tok.Extra("scope"), strings.Join(tc.scopes, " "); got != want {
-				t.Errorf("scope %q, want %q", got, want)
-			}
-			idt, _ := tok.Extra("id_token").(string)
-			if tc.wantIDTok {
-				parts := strings.Split(idt, ".")
-				if len(parts) != 3 {
-					t.Fatalf("id_token %q is not JWT-shaped", idt)
+			inBubble(t, tc.cfg, func(t *testing.T, srv *Server) {
+				cfg := srv.OAuth2Config(tc.scopes...)
+				wantClient := ClientID
+				if tc.public {
+					cfg = srv.PublicConfig(tc.scopes...)
+					wantClient = PublicClientID
 				}
-				var claims map[string]any
-				b, err := base64.RawURLEncoding.DecodeString(parts[1])
-				if err != nil || json.Unmarshal(b, &claims) != nil {
-					t.Fatalf("id_token claims %q undecodable: %v", parts[1], err)
+				if tc.inParams {
+					cfg.Endpoint.AuthStyle = oauth2.AuthStyleInParams
 				}
-				if claims["sub"] != "alice" || claims["aud"] != wantClient || claims["iss"] != srv.URL() {
-					t.Errorf("id_token claims %v", claims)
+				if tc.cfg.TLS && !strings.HasPrefix(srv.URL(), "https://") {
+					t.Fatalf("TLS server URL %q", srv.URL())
 				}
-			} else if idt != "" {
-				t.Errorf("unexpected id_token %q", idt)
-			}
-			if !srv.AccessTokenActive(tok.AccessToken) || !srv.RefreshTokenActive(tok.RefreshToken) {
-				t.Errorf("fresh tokens not active")
-			}
-			st := srv.Stats()
-			if st.CodeGrants != 1 || st.TokenRequests != 1 {
-				t.Errorf("stats %+v, want one code grant and one token request", st)
-			}
-			// The tokens work against the resource through x/oauth2's client.
-			rc := cfg.Client(clientCtx(t, srv), tok)
-			resp, err := rc.Get(srv.UserinfoURL())
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				t.Errorf("userinfo answered %s", resp.Status)
-			}
+				before := time.Now()
+				tok, err := srv.Login(t.Context(), cfg, nil)
+				if err != nil {
+					t.Fatalf("Login: %v", err)
+				}
+				checkTokenShape(t, tok, true)
+				if ttl := tok.Expiry.Sub(before); ttl != tc.wantTTL {
+					t.Errorf("expiry in %v, want %v", ttl, tc.wantTTL)
+				}
+				if got, want := tok.Extra("scope"), strings.Join(tc.scopes, " "); got != want {
+					t.Errorf("scope %q, want %q", got, want)
+				}
+				idt, _ := tok.Extra("id_token").(string)
+				if tc.wantIDTok {
+					parts := strings.Split(idt, ".")
+					if len(parts) != 3 {
+						t.Fatalf("id_token %q is not JWT-shaped", idt)
+					}
+					var claims map[string]any
+					b, err := base64.RawURLEncoding.DecodeString(parts[1])
+					if err != nil || json.Unmarshal(b, &claims) != nil {
+						t.Fatalf("id_token claims %q undecodable: %v", parts[1], err)
+					}
+					if claims["sub"] != "alice" || claims["aud"] != wantClient || claims["iss"] != srv.URL() {
+						t.Errorf("id_token claims %v", claims)
+					}
+				} else if idt != "" {
+					t.Errorf("unexpected id_token %q", idt)
+				}
+				if !srv.AccessTokenActive(tok.AccessToken) || !srv.RefreshTokenActive(tok.RefreshToken) {
+					t.Errorf("fresh tokens not active")
+				}
+				st := srv.Stats()
+				if st.CodeGrants != 1 || st.TokenRequests != 1 {
+					t.Errorf("stats %+v, want one code grant and one token request", st)
+				}
+				// The tokens work against the resource through x/oauth2's client.
+				rc := cfg.Client(clientCtx(t, srv), tok)
+				resp, err := rc.Get(srv.UserinfoURL())
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					t.Errorf("userinfo answered %s", resp.Status)
+				}
+			})
 		})
 	}
 }
