@@ -325,7 +325,7 @@ func (r *refresh) attempt(base *oauth2.Token, gen uint64) (*oauth2.Token, error)
 		case res = <-done:
 		default:
 			go s.late(done, base, gen)
-			return nil, fmt.Errorf("tokensource: the refresher did not return when its context ended: %w: %w", ErrInDoubt, ctx.Err())
+			return nil, fmt.Errorf("tokensource: the refresher had not returned when its context ended: %w: %w", ErrInDoubt, ctx.Err())
 		}
 	}
 	err := res.err
