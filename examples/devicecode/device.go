@@ -16,10 +16,6 @@ import (
 	"golang.org/x/oauth2"
 )
 
-// pollUnit is what the provider's intervals count: RFC 8628 gives them in
-// seconds. Tests shrink it to run the flow quickly.
-var pollUnit = time.Second
-
 // deviceGrantType is the grant type of RFC 8628 section 3.4.
 const deviceGrantType = "urn:ietf:params:oauth:grant-type:device_code"
 
@@ -122,18 +118,18 @@ func (c *deviceClient) start(ctx context.Context, endpoint string, scopes []stri
 
 // await polls the token endpoint until the user approves or denies the
 // request or the code expires (RFC 8628 section 3.4 and 3.5). It waits the
-// interval the provider asked for between polls, adding five to it whenever
-// the provider answers slow_down.
+// interval the provider asked for between polls, adding five seconds to it
+// whenever the provider answers slow_down.
 func (c *deviceClient) await(ctx context.Context, tokenURL string, da *oauth2.DeviceAuthResponse, p *progress) (*oauth2.Token, error) {
-	interval := da.Interval
+	interval := time.Duration(da.Interval) * time.Second
 	if interval <= 0 {
-		interval = 5 // RFC 8628 section 3.2
+		interval = 5 * time.Second // RFC 8628 section 3.2
 	}
 	form := url.Values{"grant_type": {deviceGrantType}, "device_code": {da.DeviceCode}}
 	failures := 0
-	p.waiting(time.Duration(interval) * pollUnit)
+	p.waiting(interval)
 	for {
-		if err := sleep(ctx, time.Duration(interval)*pollUnit); err != nil {
+		if err := sleep(ctx, interval); err != nil {
 			return nil, err
 		}
 		if !da.Expiry.IsZero() && time.Now().After(da.Expiry) {
@@ -150,8 +146,8 @@ func (c *deviceClient) await(ctx context.Context, tokenURL string, da *oauth2.De
 			p.tick()
 		case oe != nil && oe.Code == "slow_down":
 			failures = 0
-			interval += 5
-			p.slowDown(time.Duration(interval) * pollUnit)
+			interval += 5 * time.Second
+			p.slowDown(interval)
 		case oe != nil && oe.Code == "access_denied":
 			return nil, errDenied
 		case oe != nil && oe.Code == "expired_token":

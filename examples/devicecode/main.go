@@ -241,9 +241,14 @@ func dispatch(ctx context.Context, o *options, cmd string, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	s := &session{opts: o, store: store, where: where, hc: &http.Client{Timeout: 30 * time.Second}}
+	s := &session{opts: o, store: store, where: where, hc: &http.Client{Transport: httpTransport, Timeout: 30 * time.Second}}
 	return command(ctx, s, stdout, stderr)
 }
+
+// httpTransport sends the program's HTTP requests; nil means
+// http.DefaultTransport. It is a seam for tests, which reach an in-memory
+// provider through it.
+var httpTransport http.RoundTripper
 
 // session is what every command works with.
 type session struct {
