@@ -180,6 +180,11 @@ type worker struct {
 	client *http.Client
 }
 
+// httpTransport sends the worker's HTTP requests, to the provider and the
+// API; nil means http.DefaultTransport. It is a seam for tests, which reach
+// an in-memory provider through it.
+var httpTransport http.RoundTripper
+
 // newWorker opens the store and builds the token source and HTTP client.
 func newWorker(o *options, key storage.Key, log *slog.Logger) (*worker, error) {
 	store, err := storage.NewFile(o.storeDir, key)
@@ -195,7 +200,7 @@ func newWorker(o *options, key storage.Key, log *slog.Logger) (*worker, error) {
 		ClientSecret: o.clientSecret,
 		Endpoint:     oauth2.Endpoint{TokenURL: o.tokenURL, AuthStyle: style},
 	}
-	r, err := tokensource.NewConfigRefresher(cfg, "", &http.Client{Timeout: 30 * time.Second})
+	r, err := tokensource.NewConfigRefresher(cfg, "", &http.Client{Transport: httpTransport, Timeout: 30 * time.Second})
 	if err != nil {
 		return nil, err
 	}
@@ -210,7 +215,7 @@ func newWorker(o *options, key storage.Key, log *slog.Logger) (*worker, error) {
 		log:    log,
 		store:  store,
 		src:    src,
-		client: transport.NewClient(src, transport.WithTimeout(o.timeout)),
+		client: transport.NewClient(src, transport.WithBase(httpTransport), transport.WithTimeout(o.timeout)),
 	}, nil
 }
 

@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -18,6 +20,18 @@ import (
 	"github.com/tokenkeep/tokenkeep/internal/syncbuf"
 	"github.com/tokenkeep/tokenkeep/storage"
 )
+
+func init() {
+	// The first signal.Notify of a process starts the runtime's signal
+	// goroutines and makes the channels they use. Made in a synctest bubble,
+	// those channels would belong to it, and the process dies with "select
+	// on synctest channel from outside bubble". run calls
+	// signal.NotifyContext, and most tests run it in a bubble: make the
+	// first call here, outside any.
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGTERM)
+	signal.Stop(c)
+}
 
 // record is one JSON log line.
 type record map[string]any
@@ -34,12 +48,27 @@ type harness struct {
 	tok    *oauth2.Token
 }
 
-// newHarness starts a server with cfg, sets TOKENKEEP_KEY and stores a
-// session for the worker under the entry "alice".
+// inBubble runs f in a testing/synctest bubble with a harness made there:
+// the worker's schedule, the server's latency and the tokens' lifetimes all
+// run on the bubble's clock, which jumps whenever the worker and the server
+// wait.
+func inBubble(t *testing.T, cfg authserver.Config, f func(t *testing.T, h *harness)) {
+	t.Helper()
+	synctest.Test(t, func(t *testing.T) {
+		f(t, newHarness(t, cfg))
+	})
+}
+
+// newHarness starts a server with cfg in memory, points the worker's HTTP
+// requests at it, sets TOKENKEEP_KEY and stores a session for the worker
+// under the entry "alice".
 func newHarness(t *testing.T, cfg authserver.Config) *harness {
 	t.Helper()
+	cfg.InMemory = true
 	srv := authserver.New(cfg)
 	t.Cleanup(srv.Close)
+	httpTransport = srv.Client().Transport
+	t.Cleanup(func() { httpTransport = nil })
 	raw := make([]byte, 32)
 	rand.Read(raw)
 	h := &harness{t: t, srv: srv, dir: t.TempDir(), keyEnc: base64.StdEncoding.EncodeToString(raw)}
@@ -77,7 +106,7 @@ func (h *harness) start(ctx context.Context, args ...string) (*syncbuf.Buffer, <
 	return logs, done
 }
 
-// wait returns the exit code, or fails after timeout.
+// wait returns the exit code, or fails after timeout on the bubble's clock.
 func (h *harness) wait(done <-chan int, logs *syncbuf.Buffer, timeout time.Duration) int {
 	h.t.Helper()
 	select {
@@ -87,19 +116,6 @@ func (h *harness) wait(done <-chan int, logs *syncbuf.Buffer, timeout time.Durat
 		h.t.Fatalf("the worker did not stop within %v; logs:\n%s", timeout, logs)
 		return -1
 	}
-}
-
-// waitFor waits until the logs hold n records with message msg.
-func (h *harness) waitFor(logs *syncbuf.Buffer, msg string, n int) {
-	h.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if len(h.records(logs.String(), msg)) >= n {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	h.t.Fatalf("no %d %q records in time; logs:\n%s", n, msg, logs)
 }
 
 // records parses the logs, checks that every line is JSON and that none
@@ -126,77 +142,115 @@ func (h *harness) records(logs, msg string) []record {
 }
 
 func TestCallsThroughFaults(t *testing.T) {
-	h := newHarness(t, authserver.Config{AccessTTL: time.Second, Rotate: true, ReuseDetection: true})
-	// The seeded generator behind SetFailRate spares the first few requests,
-	// so the first refresh meets two outages for certain.
-	outage := authserver.Fault{Status: http.StatusServiceUnavailable}
-	h.srv.Inject(authserver.EndpointToken, outage, outage)
-	h.srv.SetFailRate(authserver.EndpointToken, 0.3, outage)
-	logs, done := h.start(context.Background(), h.args("-calls", "40")...)
-	if code := h.wait(done, logs, 15*time.Second); code != exitOK {
-		t.Fatalf("exit %d; logs:\n%s", code, logs)
-	}
-	all := h.records(logs.String(), "")
-	calls := h.records(logs.String(), "api call")
-	if len(calls) != 40 {
-		t.Errorf("%d successful calls, want 40", len(calls))
-	}
-	for _, r := range calls {
-		if r["status"] != float64(http.StatusOK) {
-			t.Errorf("call %v: status %v", r["call"], r["status"])
+	inBubble(t, authserver.Config{AccessTTL: time.Second, Rotate: true, ReuseDetection: true}, func(t *testing.T, h *harness) {
+		// The seeded generator behind SetFailRate spares the first few
+		// requests, so the first refresh meets two outages for certain.
+		outage := authserver.Fault{Status: http.StatusServiceUnavailable}
+		h.srv.Inject(authserver.EndpointToken, outage, outage)
+		h.srv.SetFailRate(authserver.EndpointToken, 0.3, outage)
+		logs, done := h.start(context.Background(), h.args("-calls", "40")...)
+		if code := h.wait(done, logs, time.Minute); code != exitOK {
+			t.Fatalf("exit %d; logs:\n%s", code, logs)
 		}
-	}
-	for _, r := range all {
-		// tokensource logs failed refresh attempts as warnings; the
-		// worker's own failures would be "api call failed" or errors.
-		if r.level() == "ERROR" || r.msg() == "api call failed" {
-			t.Errorf("unexpected record: %v", r)
+		all := h.records(logs.String(), "")
+		calls := h.records(logs.String(), "api call")
+		if len(calls) != 40 {
+			t.Errorf("%d successful calls, want 40", len(calls))
 		}
-	}
-	if last := all[len(all)-1]; last.msg() != "stopped" {
-		t.Errorf("last record %v, want stopped", last)
-	}
-	st := h.srv.Stats()
-	if st.RefreshGrants < 2 || st.FaultsInjected == 0 || st.ReuseDetections != 0 {
-		t.Errorf("refresh grants %d, faults %d, reuse detections %d: want refreshes through faults and no reuse",
-			st.RefreshGrants, st.FaultsInjected, st.ReuseDetections)
-	}
-	t.Logf("%d token requests (%d faults), %d refreshes, %d resource requests (%d refused)",
-		st.TokenRequests, st.FaultsInjected, st.RefreshGrants, st.ResourceRequests, st.ResourceUnauthorized)
+		for _, r := range calls {
+			if r["status"] != float64(http.StatusOK) {
+				t.Errorf("call %v: status %v", r["call"], r["status"])
+			}
+		}
+		for _, r := range all {
+			// tokensource logs failed refresh attempts as warnings; the
+			// worker's own failures would be "api call failed" or errors.
+			if r.level() == "ERROR" || r.msg() == "api call failed" {
+				t.Errorf("unexpected record: %v", r)
+			}
+		}
+		if last := all[len(all)-1]; last.msg() != "stopped" {
+			t.Errorf("last record %v, want stopped", last)
+		}
+		st := h.srv.Stats()
+		if st.RefreshGrants < 2 || st.FaultsInjected == 0 || st.ReuseDetections != 0 {
+			t.Errorf("refresh grants %d, faults %d, reuse detections %d: want refreshes through faults and no reuse",
+				st.RefreshGrants, st.FaultsInjected, st.ReuseDetections)
+		}
+		t.Logf("%d token requests (%d faults), %d refreshes, %d resource requests (%d refused)",
+			st.TokenRequests, st.FaultsInjected, st.RefreshGrants, st.ResourceRequests, st.ResourceUnauthorized)
+	})
 }
 
 func TestCancelFinishesInFlightCall(t *testing.T) {
-	h := newHarness(t, authserver.Config{})
-	h.srv.SetLatency(authserver.EndpointResource, 300*time.Millisecond)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	logs, done := h.start(ctx, h.args()...)
-	h.waitFor(logs, "api call", 1)
-	// The second call started at most 50ms after the first ended and takes
-	// 300ms: cancel in the middle of it.
-	time.Sleep(100 * time.Millisecond)
-	cancelled := time.Now()
-	cancel()
-	if code := h.wait(done, logs, 5*time.Second); code != exitOK {
-		t.Fatalf("exit %d; logs:\n%s", code, logs)
+	inBubble(t, authserver.Config{}, func(t *testing.T, h *harness) {
+		h.srv.SetLatency(authserver.EndpointResource, 300*time.Millisecond)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		logs, done := h.start(ctx, h.args()...)
+		// The first call runs from 0 to 300ms; a tick is waiting by then,
+		// so the second runs from 300 to 600ms. Cancel in the middle of it.
+		time.Sleep(450 * time.Millisecond)
+		if got := len(h.records(logs.String(), "api call")); got != 1 || h.srv.Stats().ResourceRequests != 2 {
+			t.Fatalf("at 450ms: %d completed calls, %d requests; want 1 and 2 (the second in flight)",
+				got, h.srv.Stats().ResourceRequests)
+		}
+		cancelled := time.Now()
+		cancel()
+		if code := h.wait(done, logs, time.Minute); code != exitOK {
+			t.Fatalf("exit %d; logs:\n%s", code, logs)
+		}
+		if got, want := time.Since(cancelled), 150*time.Millisecond; got != want {
+			t.Errorf("stopped %v after the cancellation, want %v: when the call in flight ended", got, want)
+		}
+		calls := h.records(logs.String(), "api call")
+		if len(calls) != 2 || h.srv.Stats().ResourceRequests != 2 {
+			t.Fatalf("%d completed calls, %d requests; want 2 and 2 (the call in flight finishes, no other starts)",
+				len(calls), h.srv.Stats().ResourceRequests)
+		}
+		if got, want := calls[1]["duration_ms"], float64(300); got != want {
+			t.Errorf("the call in flight took %vms, want %vms", got, want)
+		}
+		if n := len(h.records(logs.String(), "stopped")); n != 1 {
+			t.Errorf("%d stopped records, want 1; logs:\n%s", n, logs)
+		}
+	})
+}
+
+// callWatch is the worker's log output for a test outside a bubble: it
+// keeps the records in logs and, without waiting, sends on calls for each
+// "api call" record.
+type callWatch struct {
+	logs  *syncbuf.Buffer
+	calls chan struct{}
+}
+
+func (w *callWatch) Write(p []byte) (int, error) {
+	var r record
+	if json.Unmarshal(p, &r) == nil && r.msg() == "api call" {
+		select {
+		case w.calls <- struct{}{}:
+		default:
+		}
 	}
-	if d := time.Since(cancelled); d < 100*time.Millisecond {
-		t.Errorf("stopped %v after the cancellation: it did not wait for the call in flight", d)
-	}
-	calls := h.records(logs.String(), "api call")
-	if len(calls) != 2 || h.srv.Stats().ResourceRequests != 2 {
-		t.Errorf("%d completed calls, %d requests; want 2 and 2 (the call in flight finishes, no other starts)",
-			len(calls), h.srv.Stats().ResourceRequests)
-	}
-	if n := len(h.records(logs.String(), "stopped")); n != 1 {
-		t.Errorf("%d stopped records, want 1; logs:\n%s", n, logs)
-	}
+	return w.logs.Write(p)
 }
 
 func TestSIGTERM(t *testing.T) {
+	// A real signal reaches the process, not a bubble: this test runs on
+	// real time, and waits for events instead of for durations.
 	h := newHarness(t, authserver.Config{})
-	logs, done := h.start(context.Background(), h.args()...)
-	h.waitFor(logs, "api call", 2)
+	logs := new(syncbuf.Buffer)
+	w := &callWatch{logs: logs, calls: make(chan struct{}, 2)}
+	done := make(chan int, 1)
+	go func() { done <- run(context.Background(), h.args(), new(syncbuf.Buffer), w, os.Getenv) }()
+	for range 2 {
+		select {
+		case <-w.calls:
+		case code := <-done:
+			t.Fatalf("the worker stopped before its second call: exit %d; logs:\n%s", code, logs)
+		}
+	}
 	p, err := os.FindProcess(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +258,7 @@ func TestSIGTERM(t *testing.T) {
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Skipf("cannot signal this process: %v", err)
 	}
-	if code := h.wait(done, logs, 5*time.Second); code != exitOK {
+	if code := <-done; code != exitOK {
 		t.Fatalf("exit %d; logs:\n%s", code, logs)
 	}
 	if n := len(h.records(logs.String(), "stopped")); n != 1 {
@@ -213,27 +267,32 @@ func TestSIGTERM(t *testing.T) {
 }
 
 func TestRevokedSession(t *testing.T) {
-	h := newHarness(t, authserver.Config{Rotate: true})
-	logs, done := h.start(context.Background(), h.args()...)
-	h.waitFor(logs, "api call", 3)
-	h.srv.RevokeFamilyOf(h.tok.RefreshToken)
-	h.srv.ExpireAccessTokens()
-	if code := h.wait(done, logs, 5*time.Second); code != exitReauth {
-		t.Fatalf("exit %d, want %d; logs:\n%s", code, exitReauth, logs)
-	}
-	assertReauthLogged(t, h, logs)
+	inBubble(t, authserver.Config{Rotate: true}, func(t *testing.T, h *harness) {
+		logs, done := h.start(context.Background(), h.args()...)
+		time.Sleep(125 * time.Millisecond) // calls at 0, 50 and 100ms
+		if n := len(h.records(logs.String(), "api call")); n != 3 {
+			t.Fatalf("%d calls in the first 125ms, want 3; logs:\n%s", n, logs)
+		}
+		h.srv.RevokeFamilyOf(h.tok.RefreshToken)
+		h.srv.ExpireAccessTokens()
+		if code := h.wait(done, logs, time.Minute); code != exitReauth {
+			t.Fatalf("exit %d, want %d; logs:\n%s", code, exitReauth, logs)
+		}
+		assertReauthLogged(t, h, logs)
+	})
 }
 
 func TestNothingStored(t *testing.T) {
-	h := newHarness(t, authserver.Config{})
-	logs, done := h.start(context.Background(), h.args("-entry", "bob")...)
-	if code := h.wait(done, logs, 5*time.Second); code != exitReauth {
-		t.Fatalf("exit %d, want %d; logs:\n%s", code, exitReauth, logs)
-	}
-	assertReauthLogged(t, h, logs)
-	if n := h.srv.Stats().ResourceRequests; n != 0 {
-		t.Errorf("%d API requests without a token", n)
-	}
+	inBubble(t, authserver.Config{}, func(t *testing.T, h *harness) {
+		logs, done := h.start(context.Background(), h.args("-entry", "bob")...)
+		if code := h.wait(done, logs, time.Minute); code != exitReauth {
+			t.Fatalf("exit %d, want %d; logs:\n%s", code, exitReauth, logs)
+		}
+		assertReauthLogged(t, h, logs)
+		if n := h.srv.Stats().ResourceRequests; n != 0 {
+			t.Errorf("%d API requests without a token", n)
+		}
+	})
 }
 
 // assertReauthLogged checks for the ERROR record that asks for a new login.
@@ -248,17 +307,18 @@ func assertReauthLogged(t *testing.T, h *harness, logs *syncbuf.Buffer) {
 }
 
 func TestWrongKey(t *testing.T) {
-	h := newHarness(t, authserver.Config{})
-	other := make([]byte, 32)
-	rand.Read(other)
-	t.Setenv(keyEnv, base64.StdEncoding.EncodeToString(other))
-	logs, done := h.start(context.Background(), h.args()...)
-	if code := h.wait(done, logs, 5*time.Second); code != exitError {
-		t.Fatalf("exit %d, want %d; logs:\n%s", code, exitError, logs)
-	}
-	if !strings.Contains(logs.String(), "TOKENKEEP_KEY") {
-		t.Errorf("the error does not point at the key; logs:\n%s", logs)
-	}
+	inBubble(t, authserver.Config{}, func(t *testing.T, h *harness) {
+		other := make([]byte, 32)
+		rand.Read(other)
+		t.Setenv(keyEnv, base64.StdEncoding.EncodeToString(other))
+		logs, done := h.start(context.Background(), h.args()...)
+		if code := h.wait(done, logs, time.Minute); code != exitError {
+			t.Fatalf("exit %d, want %d; logs:\n%s", code, exitError, logs)
+		}
+		if !strings.Contains(logs.String(), "TOKENKEEP_KEY") {
+			t.Errorf("the error does not point at the key; logs:\n%s", logs)
+		}
+	})
 }
 
 func TestUsage(t *testing.T) {
