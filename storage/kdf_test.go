@@ -118,7 +118,7 @@ func TestForeignHeaderDerivationBlocksNoOtherEntry(t *testing.T) {
 	plantHeader(t, f, "planted", foreign)
 
 	var ran int
-	idKey = func(pass, salt []byte, time, memory uint32, threads uint8, n uint32) []byte {
+	pk.idKey = func(pass, salt []byte, time, memory uint32, threads uint8, n uint32) []byte {
 		if time == foreign.Time && memory == foreign.MemoryKiB {
 			ran++
 			// A goroutine that wanted the key's lock now would wait for
@@ -137,7 +137,6 @@ func TestForeignHeaderDerivationBlocksNoOtherEntry(t *testing.T) {
 		}
 		return argon2.IDKey(pass, salt, time, memory, threads, n)
 	}
-	t.Cleanup(func() { idKey = argon2.IDKey })
 
 	if _, err := f.Load(bg, "planted"); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("planted entry: got %v, want ErrCorrupt", err)

@@ -132,9 +132,6 @@ var (
 
 const saltSize = 16
 
-// idKey is argon2.IDKey; tests replace it to watch a derivation under way.
-var idKey = argon2.IDKey
-
 func (p Argon2Params) check() error {
 	switch {
 	case p.Time < 1 || p.Time > MaxArgon2Params.Time:
@@ -200,7 +197,7 @@ func PassphraseWithParams(passphrase []byte, p Argon2Params) (Key, error) {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
 	budget := int64(max(MaxArgon2Params.MemoryKiB, p.MemoryKiB))
-	return &passphraseKey{pass: append([]byte(nil), passphrase...), params: p,
+	return &passphraseKey{pass: append([]byte(nil), passphrase...), params: p, idKey: argon2.IDKey,
 		kdf: semaphore.NewWeighted(budget), kdfBudget: budget, derived: make(map[string]*derivation)}, nil
 }
 
@@ -209,6 +206,11 @@ type passphraseKey struct {
 	params    Argon2Params
 	kdf       *semaphore.Weighted // KiB of memory for derivations under way
 	kdfBudget int64               // kdf's size
+
+	// idKey is argon2.IDKey, the one place a key is derived. Tests of
+	// this package replace it on the Key they made, to count the
+	// derivations or to watch one under way.
+	idKey func(password, salt []byte, time, memory uint32, threads uint8, keyLen uint32) []byte
 
 	mu      sync.Mutex             // guards derived and current; never held while deriving
 	derived map[string]*derivation // encoded params and salt → key, derived or under way
@@ -262,7 +264,7 @@ func (k *passphraseKey) run(ctx context.Context, d *derivation, encoded string, 
 		return nil, fmt.Errorf("derive key from passphrase: %w", err)
 	}
 	defer k.kdf.Release(w)
-	d.key = idKey(k.pass, salt, p.Time, p.MemoryKiB, p.Threads, 32)
+	d.key = k.idKey(k.pass, salt, p.Time, p.MemoryKiB, p.Threads, 32)
 	return d.key, nil
 }
 
