@@ -93,6 +93,11 @@ func platformChunkSize() int {
 // osKeyring is the OS keyring through go-keyring.
 type osKeyring struct{}
 
+// errNoSessionBus is what osKeyring returns, before any D-Bus call, where
+// the Secret Service is found on a D-Bus session bus and there is none
+// (see sessionBusReachable).
+var errNoSessionBus = fmt.Errorf("no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is not set), so no Secret Service: %w", ErrUnavailable)
+
 func (osKeyring) Get(service, user string) (string, error) {
 	if err := sessionBusReachable(); err != nil {
 		return "", err

@@ -3,7 +3,6 @@
 package storage
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 )
@@ -23,5 +22,5 @@ func sessionBusReachable() error {
 			}
 		}
 	}
-	return fmt.Errorf("no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is not set), so no Secret Service: %w", ErrUnavailable)
+	return errNoSessionBus
 }

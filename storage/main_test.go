@@ -79,7 +79,14 @@ func needSecretService(t testing.TB) {
 // helper runs the test binary again as a helper process.
 func helper(t testing.TB, name string, env ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	return helperContext(context.Background(), t, name, env...)
+}
+
+// helperContext is helper with a context: the helper is killed when ctx
+// is done.
+func helperContext(ctx context.Context, t testing.TB, name string, env ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), append(env, helperEnv+"="+name)...)
 	cmd.Stderr = os.Stderr
 	return cmd
