@@ -273,10 +273,15 @@ func TestKeyringKeySecretService(t *testing.T) {
 }
 
 func TestKeyringLock(t *testing.T) {
-	k := newFakeKeyring(t, &fakeKeyring{}, -1)
-	testLockExcludes(t, k)
+	synctest.Test(t, func(t *testing.T) {
+		testLockExcludes(t, newFakeKeyring(t, &fakeKeyring{}, -1))
+	})
 }
 
+// testLockExcludes has 16 goroutines take l's lock on one key and hold it
+// for a millisecond: at most one may hold it at a time. Run it in a
+// synctest bubble, where the millisecond and the lock's polls take no real
+// time and every waiter has tried the lock before the holder lets go.
 func testLockExcludes(t *testing.T, l Locker) {
 	var mu sync.Mutex
 	holders, maxHolders := 0, 0

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -156,7 +157,9 @@ func TestFileLockAcrossProcesses(t *testing.T) {
 }
 
 func TestFileLockInProcess(t *testing.T) {
-	testLockExcludes(t, newFileStore(t, mustRaw(t, testKey())))
+	synctest.Test(t, func(t *testing.T) {
+		testLockExcludes(t, newFileStore(t, mustRaw(t, testKey())))
+	})
 }
 
 func helperReadOnly(dir string) error {
