@@ -120,24 +120,41 @@ func startRedis(port int, dir string, extra ...string) (*redisServer, error) {
 	go func() { cmd.Wait(); close(r.exited) }()
 	c := redis.NewClient(&redis.Options{Addr: r.addr, Protocol: 2, MaxRetries: -1})
 	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		err := c.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return r, nil
-		}
+	if err := waitPing(c, r.exited); err != nil {
 		select {
 		case <-r.exited:
 			return nil, fmt.Errorf("redis-server exited: %s", out.String())
 		default:
-		}
-		if time.Now().After(deadline) {
 			r.kill()
-			return nil, fmt.Errorf("redis-server did not answer PING: %v", err)
+			return nil, fmt.Errorf("redis-server %v", err)
 		}
-		time.Sleep(20 * time.Millisecond)
+	}
+	return r, nil
+}
+
+// waitPing waits until c answers PING, trying every 20 ms for up to bound,
+// which only a server that never comes up reaches. It gives up at once when
+// exited is closed (a nil exited never is). Waiting for another process to
+// listen, or for go-redis to redial, can only be polling.
+func waitPing(c redis.UniversalClient, exited <-chan struct{}) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.NewTimer(bound)
+	defer deadline.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("exited before answering PING: %w", err)
+		case <-deadline.C:
+			return fmt.Errorf("did not answer PING within %v: %w", bound, err)
+		case <-tick.C:
+		}
 	}
 }
 
