@@ -67,6 +67,8 @@ func TestFileCrashSafety(t *testing.T) {
 		if line, _ := bufio.NewReader(out).ReadString('\n'); line != "saving\n" {
 			t.Fatalf("helper said %q", line)
 		}
+		// Kill at a random moment of the save loop. This sleep picks when
+		// a real process dies; nothing waits on it or measures it.
 		time.Sleep(time.Duration(rand.IntN(5000)) * time.Microsecond)
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
