@@ -54,7 +54,7 @@ func TestDocumentedACL(t *testing.T) {
 	sink := new(logSink)
 	opts := &Options{
 		Prefix:   DefaultPrefix + strings.TrimPrefix(testPrefix(t), "test:"),
-		LeaseTTL: 300 * time.Millisecond,
+		LeaseTTL: 900 * time.Millisecond, // renewed every 300 ms; outlives a 600 ms stall
 		Logger:   slog.New(sink),
 	}
 	s, err := New(c, key, opts)
