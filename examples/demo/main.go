@@ -62,6 +62,7 @@ type demo struct {
 	src     *tokensource.Source
 	client  *http.Client
 	numbers tokenNumbers
+	waits   atomic.Int32 // refreshes some call waited for: all but background ones
 }
 
 func run(ctx context.Context, out io.Writer, s settings) error {
@@ -146,8 +147,12 @@ func (d *demo) onRefresh(e tokensource.Event) {
 	case e.Kind == tokensource.Refreshed && e.Background:
 		d.say("    · background refresh (%d request): new token valid until %s", e.Attempts, e.NewExpiry.Format("15:04:05.0"))
 	case e.Kind == tokensource.Refreshed:
+		d.waits.Add(1)
 		d.say("    · refresh (%d request%s): new token valid until %s", e.Attempts, plural(e.Attempts), e.NewExpiry.Format("15:04:05.0"))
 	case e.Kind == tokensource.Failed:
+		if !e.Background {
+			d.waits.Add(1)
+		}
 		d.say("    · refresh failed after %d request%s", e.Attempts, plural(e.Attempts))
 	}
 }
@@ -202,6 +207,7 @@ func (d *demo) steadyCalls(ctx context.Context) error {
 	d.say("\n2. Call the API every half second while access tokens live %v.", d.ttl)
 	start := time.Now()
 	slowest := time.Duration(0)
+	waits := d.waits.Load()
 	for i := 1; time.Since(start) < time.Duration(float64(2*d.ttl+d.ttl/2)*d.slow); i++ {
 		t0 := time.Now()
 		what, err := d.get(ctx)
@@ -211,6 +217,13 @@ func (d *demo) steadyCalls(ctx context.Context) error {
 		slowest = max(slowest, time.Since(t0))
 		d.say("   call %2d at +%4.1fs: %s", i, time.Since(start).Seconds(), what)
 		d.pause(500 * time.Millisecond)
+	}
+	// The refresh hook, not the slowest call's time, tells whether a call
+	// waited: a refresh from a nearby provider can be quicker than a call
+	// on a busy machine.
+	if n := int(d.waits.Load() - waits); n > 0 {
+		d.say("   %d call%s waited for a refresh: the slowest took %v.", n, plural(n), slowest.Round(time.Millisecond))
+		return nil
 	}
 	d.say("   No call waited for a refresh: the slowest took %v.", slowest.Round(time.Millisecond))
 	return nil
