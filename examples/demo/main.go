@@ -307,7 +307,9 @@ func (d *demo) revoked(ctx context.Context) error {
 	for {
 		what, err := d.get(ctx)
 		if errors.Is(err, tokensource.ErrReauthRequired) {
-			break
+			d.say("   The call fails with tokensource.ErrReauthRequired: time to log in again.")
+			d.say("   (error: %v)", err)
+			return nil
 		}
 		if err != nil || time.Now().After(deadline) {
 			return fmt.Errorf("want ErrReauthRequired, got %q, %v", what, err)
@@ -315,9 +317,6 @@ func (d *demo) revoked(ctx context.Context) error {
 		d.say("   The API answers %s; the transport waits out its recovery interval before refreshing again.", what)
 		time.Sleep(d.ttl / 2)
 	}
-	d.say("   The call fails with tokensource.ErrReauthRequired: time to log in again.")
-	d.say("   (error: %v)", err)
-	return nil
 }
 
 // tokenNumbers numbers access tokens in the order they are seen, so that
