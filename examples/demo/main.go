@@ -36,6 +36,12 @@ type settings struct {
 	slow float64       // multiplies every pause
 	keep bool          // keep the store directory and print where it is
 	ttl  time.Duration // access token lifetime
+
+	// inMemory serves the provider over an in-memory network instead of a
+	// loopback port, so that a test can run the demo in a testing/synctest
+	// bubble, where the pauses and token lifetimes pass on a fake clock.
+	// The command keeps loopback: its requests are real HTTP on a socket.
+	inMemory bool
 }
 
 func main() {
@@ -67,7 +73,7 @@ type demo struct {
 
 func run(ctx context.Context, out io.Writer, s settings) error {
 	d := &demo{settings: s, out: out}
-	d.srv = authserver.New(authserver.Config{AccessTTL: s.ttl, Rotate: true, ReuseDetection: true})
+	d.srv = authserver.New(authserver.Config{AccessTTL: s.ttl, Rotate: true, ReuseDetection: true, InMemory: s.inMemory})
 	defer d.srv.Close()
 	if err := d.setUp(); err != nil {
 		return err
@@ -136,9 +142,11 @@ func (d *demo) open() error {
 	if err != nil {
 		return err
 	}
-	// Tokens here live seconds, not an hour: the least time between two
-	// refreshes caused by 401 answers shrinks with them.
-	d.client = transport.NewClient(d.src, transport.WithRecoveryInterval(d.ttl))
+	// The API calls go through the embedded server's transport, which
+	// reaches it on loopback or in memory. Tokens here live seconds, not an
+	// hour: the least time between two refreshes caused by 401 answers
+	// shrinks with them.
+	d.client = transport.NewClient(d.src, transport.WithBase(d.srv.Client().Transport), transport.WithRecoveryInterval(d.ttl))
 	return nil
 }
 
