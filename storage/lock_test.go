@@ -82,12 +82,15 @@ func TestSaveThenLock(t *testing.T) {
 			ls := st.s.lockSet()
 			inWrite, release := make(chan struct{}), make(chan struct{})
 			lockBusy := make(chan struct{}, 1)
+			var stopped atomic.Bool
 			ls.hooks = &lockHooks{
 				inWrite: func(string) {
-					select {
-					case inWrite <- struct{}{}:
+					// The first write stops until released; later ones do
+					// not. Which write is first is not left to whether the
+					// test is already receiving when it comes.
+					if stopped.CompareAndSwap(false, true) {
+						inWrite <- struct{}{}
 						<-release
-					default: // later writes do not stop
 					}
 				},
 				busy: func(string) {
