@@ -47,8 +47,9 @@ func inBubble(t *testing.T, cfg authserver.Config, f func(t *testing.T, h *harne
 }
 
 // newHarness starts a server with cfg in memory, points the program's HTTP
-// requests at it and sets TOKENKEEP_KEY. It must run in a synctest bubble:
-// the server's connections are durably blocking only there.
+// requests at it and sets TOKENKEEP_KEY. Tests call it in a synctest bubble
+// (inBubble), where the program's polling intervals, in RFC 8628 seconds,
+// pass at once.
 func newHarness(t *testing.T, cfg authserver.Config) *harness {
 	t.Helper()
 	cfg.InMemory = true

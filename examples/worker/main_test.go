@@ -22,12 +22,14 @@ import (
 )
 
 func init() {
-	// The first signal.Notify of a process starts the runtime's signal
-	// goroutines and makes the channels they use. Made in a synctest bubble,
-	// those channels would belong to it, and the process dies with "select
-	// on synctest channel from outside bubble". run calls
+	// The first signal.Notify of a process starts the goroutine that
+	// delivers signals. Started in a synctest bubble, it would belong to
+	// the bubble, which could then never end. run calls
 	// signal.NotifyContext, and most tests run it in a bubble: make the
-	// first call here, outside any.
+	// first call here, outside any. A signal reaching the process while a
+	// bubbled run waits for one would still be sent on a bubble's channel
+	// from outside it, which the runtime refuses fatally; only TestSIGTERM
+	// sends one, outside any bubble, and no test runs beside it.
 	c := make(chan os.Signal, 1)
 	signal.Notify(c, syscall.SIGTERM)
 	signal.Stop(c)
@@ -238,7 +240,9 @@ func (w *callWatch) Write(p []byte) (int, error) {
 
 func TestSIGTERM(t *testing.T) {
 	// A real signal reaches the process, not a bubble: this test runs on
-	// real time, and waits for events instead of for durations.
+	// real time, and waits for events instead of for durations, under a
+	// bound that only catches a hang.
+	const hangGuard = time.Minute
 	h := newHarness(t, authserver.Config{})
 	logs := new(syncbuf.Buffer)
 	w := &callWatch{logs: logs, calls: make(chan struct{}, 2)}
@@ -249,6 +253,8 @@ func TestSIGTERM(t *testing.T) {
 		case <-w.calls:
 		case code := <-done:
 			t.Fatalf("the worker stopped before its second call: exit %d; logs:\n%s", code, logs)
+		case <-time.After(hangGuard):
+			t.Fatalf("no second call after %v; logs:\n%s", hangGuard, logs)
 		}
 	}
 	p, err := os.FindProcess(os.Getpid())
@@ -258,8 +264,13 @@ func TestSIGTERM(t *testing.T) {
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Skipf("cannot signal this process: %v", err)
 	}
-	if code := <-done; code != exitOK {
-		t.Fatalf("exit %d; logs:\n%s", code, logs)
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Fatalf("exit %d; logs:\n%s", code, logs)
+		}
+	case <-time.After(hangGuard):
+		t.Fatalf("still running %v after SIGTERM; logs:\n%s", hangGuard, logs)
 	}
 	if n := len(h.records(logs.String(), "stopped")); n != 1 {
 		t.Errorf("%d stopped records, want 1; logs:\n%s", n, logs)
