@@ -56,7 +56,9 @@ type Config struct {
 	Subject    string           // the user the authorize endpoint logs in; default "alice"
 
 	// InMemory serves over an in-memory network (package pipenet) rather
-	// than a loopback port: only Client reaches the server. A test in a
+	// than a loopback port: only Client reaches the server. Its URLs name
+	// port 1 of the loopback address, where nothing listens, so that a
+	// request sent with another client fails at once. A test in a
 	// testing/synctest bubble that starts such a server there sees every
 	// delay, timeout and abandoned request on the bubble's clock.
 	InMemory bool
@@ -100,6 +102,9 @@ type Server struct {
 	closeOnce sync.Once
 }
 
+// inMemoryAddr is the address in an in-memory server's URLs.
+const inMemoryAddr = "127.0.0.1:1"
+
 // New starts a server on a loopback port, or in memory if cfg.InMemory.
 // Close stops it.
 func New(cfg Config) *Server {
@@ -139,12 +144,12 @@ func New(cfg Config) *Server {
 	mux.HandleFunc(EndpointResource, s.wrap(EndpointResource, s.resource))
 	mux.HandleFunc(EndpointResource+"/admin", s.wrap(EndpointResource, s.resource))
 	mux.HandleFunc(EndpointUserinfo, s.wrap(EndpointUserinfo, s.userinfo))
-	s.hs = httptest.NewUnstartedServer(mux)
 	var pipe *pipenet.Listener
 	if cfg.InMemory {
-		s.hs.Listener.Close()
-		pipe = pipenet.Listen("127.0.0.1:80")
-		s.hs.Listener = pipe
+		pipe = pipenet.Listen(inMemoryAddr)
+		s.hs = &httptest.Server{Listener: pipe, Config: &http.Server{Handler: mux}}
+	} else {
+		s.hs = httptest.NewUnstartedServer(mux)
 	}
 	if cfg.TLS {
 		s.hs.StartTLS()
@@ -168,7 +173,8 @@ func (s *Server) Close() {
 func (s *Server) URL() string { return s.hs.URL }
 
 // Client returns the HTTP client that reaches the server and trusts its
-// certificate. Every call returns the same client.
+// certificate. Every call returns the same client: a change made to it is
+// seen by every user of the server.
 func (s *Server) Client() *http.Client { return s.hs.Client() }
 
 // Endpoint returns the server's endpoints for x/oauth2. Clients

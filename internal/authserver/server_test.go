@@ -1184,3 +1184,16 @@ func TestTokenPrefixes(t *testing.T) {
 	}
 	add("client credentials", ct, false)
 }
+
+// An in-memory server is reached by its Client only: a request sent with
+// another client fails instead of reaching some other server.
+func TestInMemoryOnlyByItsClient(t *testing.T) {
+	srv := newServer(t, Config{InMemory: true})
+	at := srv.Mint().AccessToken
+	if r := get(t, srv.Client(), srv.ResourceURL(), at); r.err != nil || r.status != 200 {
+		t.Fatalf("through Client: %d %v", r.status, r.err)
+	}
+	if r := get(t, &http.Client{Transport: &http.Transport{}}, srv.ResourceURL(), at); r.err == nil {
+		t.Fatalf("another client reached something: %d %s", r.status, r.body)
+	}
+}
