@@ -788,3 +788,49 @@ func TestCloseDuringBackgroundRefreshIsQuiet(t *testing.T) {
 		})
 	}
 }
+
+// TestFailedBackgroundRefreshPauses: after a background refresh fails, the
+// next one starts an eighth of the time left later, not on the next call,
+// so that an outage costs a handful of attempts per lifetime.
+func TestFailedBackgroundRefreshPauses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := &fakeProvider{fail: func(n int64, _ *oauth2.Token) error {
+			if n == 1 {
+				return providerError(http.StatusServiceUnavailable, "", nil)
+			}
+			return nil
+		}}
+		s := newTestSource(t, p, storage.NewMemory(), quickBackOff(0))
+		tok := p.issue(0) // one hour
+		if err := s.Put(context.Background(), tok); err != nil {
+			t.Fatal(err)
+		}
+		expireAt := tok.Expiry.Add(-min(s.cfg.expiryDelta, time.Hour/10))
+		time.Sleep(time.Until(expireAt.Add(-s.cfg.early))) // stale: no jitter here
+		call := func() string {
+			t.Helper()
+			got, err := s.Token()
+			if err != nil {
+				t.Fatal(err)
+			}
+			synctest.Wait() // a background refresh it started has ended
+			return got.AccessToken
+		}
+		if at := call(); at != tok.AccessToken || p.calls.Load() != 1 {
+			t.Fatalf("stale: served %s after %d refreshes, want the old token after 1", at, p.calls.Load())
+		}
+		pause := time.Until(expireAt) / 8
+		time.Sleep(pause - time.Millisecond)
+		if call(); p.calls.Load() != 1 {
+			t.Fatalf("%d refreshes %v after the failure, want still 1", p.calls.Load(), pause-time.Millisecond)
+		}
+		time.Sleep(time.Millisecond)
+		call()
+		if n := p.calls.Load(); n != 2 {
+			t.Fatalf("%d refreshes %v after the failure, want 2", n, pause)
+		}
+		if at := call(); at != "tkat_fake_2" {
+			t.Errorf("after the retry: served %s, want the new token", at)
+		}
+	})
+}
