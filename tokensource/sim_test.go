@@ -60,7 +60,11 @@ func TestSimulation(t *testing.T) {
 	}
 	steps := 60
 	if v := os.Getenv("TOKENKEEP_SIM_STEPS"); v != "" {
-		steps, _ = strconv.Atoi(v)
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("TOKENKEEP_SIM_STEPS=%q: want a number of steps, 1 or more", v)
+		}
+		steps = n
 	}
 	var total simTotals
 	for _, seed := range seeds {
